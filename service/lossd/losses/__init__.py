@@ -1,0 +1,63 @@
+"""The loss catalogue: every served loss, grouped by family, looked up by name or alias."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable, Iterator
+
+from lossd.losses import (
+    adversarial,
+    classification,
+    detection,
+    margins,
+    metric,
+    perceptual,
+    regression,
+    segmentation,
+    sequences,
+)
+from lossd.spec import LossSpec
+
+FAMILIES = (classification, margins, regression, segmentation, detection, perceptual, metric, adversarial, sequences)
+
+
+class Catalogue:
+    """Name/alias lookup over a fixed set of loss specs."""
+
+    def __init__(self, specs: Iterable[LossSpec]) -> None:
+        self._specs: dict[str, LossSpec] = {}
+        self._names: dict[str, str] = {}
+        for spec in specs:
+            for n in (spec.name, *spec.aliases):
+                if n in self._names:
+                    raise ValueError(f"duplicate loss name or alias {n!r}")
+                self._names[n] = spec.name
+            self._specs[spec.name] = spec
+
+    def get(self, name: str) -> LossSpec | None:
+        canonical = self._names.get(name)
+        return self._specs[canonical] if canonical is not None else None
+
+    def closest(self, name: str, n: int = 3) -> list[str]:
+        """Canonical names closest to a misspelt one (for 404 details)."""
+        hits = difflib.get_close_matches(name, list(self._names), n=n * 2, cutoff=0.5)
+        out: list[str] = []
+        for h in hits:
+            c = self._names[h]
+            if c not in out:
+                out.append(c)
+        return out[:n]
+
+    def __iter__(self) -> Iterator[LossSpec]:
+        return iter(self._specs.values())
+
+    def __len__(self) -> int:
+        return len(self._specs)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._names
+
+
+def default_catalogue() -> Catalogue:
+    """Every loss of losses.md."""
+    return Catalogue(spec for family in FAMILIES for spec in family.SPECS)

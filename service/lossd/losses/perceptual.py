@@ -1,0 +1,7 @@
+"""Perceptual losses."""
+
+from __future__ import annotations
+
+from lossd.spec import LossSpec
+
+SPECS: tuple[LossSpec, ...] = ()
