@@ -146,7 +146,9 @@ def require_ndim(t: torch.Tensor, name: str, ndims: int | Sequence[int], what: s
 
 def require_min_ndim(t: torch.Tensor, name: str, n: int, what: str = "") -> None:
     if t.dim() < n:
-        raise InputError(loc(name), f"expected at least {n} dimensions{(' ' + what) if what else ''}, got shape {shape_str(t)}")
+        raise InputError(
+            loc(name), f"expected at least {n} dimensions{(' ' + what) if what else ''}, got shape {shape_str(t)}"
+        )
 
 
 def require_same_shape(a: torch.Tensor, b: torch.Tensor, a_name: str, b_name: str) -> None:

@@ -1,0 +1,3 @@
+from lossd.cli import main
+
+raise SystemExit(main())

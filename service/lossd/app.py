@@ -1,0 +1,223 @@
+"""The HTTP layer: thin FastAPI handlers over :class:`lossd.service.Service`."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
+from fastapi_offline import FastAPIOffline
+from prometheus_client import CONTENT_TYPE_LATEST
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+import lossd
+from lossd.errors import Problem
+from lossd.openapi import install_openapi
+from lossd.service import JSON, SAFETENSORS, Service, warmup_async
+from lossd.settings import Settings
+
+log = logging.getLogger("lossd")
+PROBLEM = "application/problem+json"
+
+
+def problem_response(p: Problem, request_id: str | None = None) -> Response:
+    headers = dict(p.headers)
+    if request_id:
+        headers["X-Request-ID"] = request_id
+    return Response(orjson.dumps(p.body()), status_code=p.status, media_type=PROBLEM, headers=headers)
+
+
+class RequestContext:
+    """Pure ASGI middleware: X-Request-ID on every response, metrics, and no bare 500s."""
+
+    def __init__(self, app: ASGIApp, service: Service) -> None:
+        self.app = app
+        self.service = service
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        rid = ""
+        for k, v in scope["headers"]:
+            if k == b"x-request-id":
+                rid = v.decode("latin-1")[:200]
+                break
+        rid = rid or uuid.uuid4().hex
+        state = scope.setdefault("state", {})
+        state["request_id"] = rid
+        started = False
+        status = 500
+        t0 = time.perf_counter()
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal started, status
+            if message["type"] == "http.response.start":
+                started = True
+                status = message["status"]
+                message["headers"] = [*message.get("headers", []), (b"x-request-id", rid.encode("latin-1"))]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        except Exception:
+            log.exception("unhandled error for %s %s", scope.get("method"), scope.get("path"))
+            if not started:
+                await problem_response(
+                    Problem(500, "internal error; the request id identifies it in the server log"), rid
+                )(scope, receive, send_with_id)
+        finally:
+            route = scope.get("route")
+            endpoint = getattr(route, "path", "other")
+            self.service.metrics.observe(endpoint, state.get("loss", ""), status, time.perf_counter() - t0)
+
+
+async def read_body(request: Request, limit: int) -> bytearray:
+    """The request body, refused with 413 as soon as it is known to be over the limit."""
+    cl = request.headers.get("content-length")
+    if cl is not None:
+        try:
+            n = int(cl)
+        except ValueError:
+            raise Problem(400, "invalid Content-Length") from None
+        if n > limit:
+            raise Problem(413, f"body of {n} bytes is over the limit of {limit} bytes")
+    buf = bytearray()
+    async for chunk in request.stream():
+        buf += chunk
+        if len(buf) > limit:
+            raise Problem(413, f"body is over the limit of {limit} bytes")
+    return buf
+
+
+def content_kind(request: Request) -> bool:
+    """True for a safetensors body, False for JSON; 415 for anything else."""
+    ctype = request.headers.get("content-type", JSON).split(";")[0].strip().lower()
+    if ctype in (JSON, ""):
+        return False
+    if ctype == SAFETENSORS:
+        return True
+    raise Problem(415, f"unsupported Content-Type {ctype!r}: use {JSON} or {SAFETENSORS}")
+
+
+def client_of(request: Request) -> str:
+    return request.client.host if request.client else "unknown"
+
+
+def create_app(settings: Settings | None = None, service: Service | None = None) -> FastAPI:
+    settings = settings or Settings()
+    svc = service or Service(settings)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await warmup_async(svc)
+        log.info("lossd %s ready on %s", lossd.__version__, ", ".join(str(e.device) for e in svc.engines))
+        yield
+        svc.close()
+
+    app = FastAPIOffline(
+        title="lossd",
+        version=lossd.__version__,
+        description="Loss values and gradients over HTTP: PyTorch losses resident on a device.",
+        lifespan=lifespan,
+    )
+    app.state.service = svc
+    app.add_middleware(RequestContext, service=svc)
+
+    @app.exception_handler(Problem)
+    async def on_problem(request: Request, exc: Problem) -> Response:
+        return problem_response(exc)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def on_http(request: Request, exc: StarletteHTTPException) -> Response:
+        return problem_response(Problem(exc.status_code, str(exc.detail), headers=dict(exc.headers or {})))
+
+    @app.exception_handler(RequestValidationError)
+    async def on_validation(request: Request, exc: RequestValidationError) -> Response:
+        errors = [{"loc": list(e["loc"]), "msg": e["msg"]} for e in exc.errors()]
+        return problem_response(Problem(422, errors[0]["msg"] if errors else "invalid request", errors=errors))
+
+    def authenticate(request: Request) -> str | None:
+        return svc.keys.authenticate(request.headers.get("authorization"), request.headers.get("x-api-key"))
+
+    async def loss_call(request: Request, name: str) -> Response:
+        key = authenticate(request)
+        spec = svc.spec(name)
+        request.state.loss = spec.name
+        svc.keys.authorize(key, spec.name)
+        svc.admit(key, client_of(request))
+        binary_in = content_kind(request)
+        binary_out = binary_in or SAFETENSORS in request.headers.get("accept", "")
+        deadline = svc.deadline(request.headers.get("x-deadline-ms"))
+        body = await read_body(request, settings.max_body_bytes)
+        content, media, _ = await svc.compute(name, body, binary_in, binary_out, deadline)
+        return Response(content, media_type=media)
+
+    async def multi_call(request: Request, run: Callable[[bytearray, str | None, float], Awaitable[bytes]]) -> Response:
+        key = authenticate(request)
+        svc.admit(key, client_of(request))
+        if content_kind(request):
+            raise Problem(415, "batch and composite bodies are JSON")
+        deadline = svc.deadline(request.headers.get("x-deadline-ms"))
+        body = await read_body(request, settings.max_body_bytes)
+        return Response(await run(body, key, deadline), media_type=JSON)
+
+    @app.post("/v1/losses/{name}", tags=["losses"], summary="Compute one loss", operation_id="compute")
+    async def compute(name: str, request: Request) -> Response:
+        """Value and, on request, gradients of one loss. JSON or safetensors in and out."""
+        return await loss_call(request, name)
+
+    @app.post("/v1/batch", tags=["losses"], summary="Several loss calls at once", operation_id="batch")
+    async def batch(request: Request) -> Response:
+        """Results in order; each is a loss result or ``{"error": problem}``."""
+        return await multi_call(request, svc.batch)
+
+    @app.post(
+        "/v1/composite",
+        tags=["losses"],
+        summary="A weighted sum of losses over shared tensors",
+        operation_id="composite",
+    )
+    async def composite(request: Request) -> Response:
+        """Gradients are those of the weighted sum, per shared tensor."""
+        return await multi_call(request, svc.composite)
+
+    @app.get("/v1/losses", tags=["catalogue"], summary="The loss catalogue", operation_id="list_losses")
+    async def list_losses(request: Request) -> Response:
+        authenticate(request)
+        return Response(orjson.dumps({"losses": [svc.loss_info(s) for s in svc.catalogue]}), media_type=JSON)
+
+    @app.get("/v1/losses/{name}", tags=["catalogue"], summary="One loss of the catalogue", operation_id="get_loss")
+    async def get_loss(name: str, request: Request) -> Response:
+        authenticate(request)
+        return Response(orjson.dumps(svc.loss_info(svc.spec(name))), media_type=JSON)
+
+    @app.get("/v1/info", tags=["operations"], summary="Version, devices and limits", operation_id="info")
+    async def info() -> Response:
+        return Response(orjson.dumps(svc.info()), media_type=JSON)
+
+    @app.get("/healthz", tags=["operations"], summary="Liveness", operation_id="healthz")
+    async def healthz() -> Response:
+        return Response(b'{"status":"ok"}', media_type=JSON)
+
+    @app.get("/readyz", tags=["operations"], summary="Readiness", operation_id="readyz")
+    async def readyz() -> Response:
+        if svc.ready and not svc.draining:
+            return Response(b'{"status":"ready"}', media_type=JSON)
+        reason = "draining" if svc.draining else "warming up"
+        raise Problem(503, f"not ready: {reason}", headers={"Retry-After": str(settings.retry_after_s)})
+
+    @app.get("/metrics", tags=["operations"], summary="Prometheus metrics", operation_id="metrics")
+    async def metrics() -> Response:
+        svc.update_gauges()
+        return Response(svc.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+    install_openapi(app)
+    return app

@@ -1,0 +1,336 @@
+"""Wire codecs: tensors in JSON (every form of api.md) and safetensors bodies, both ways.
+
+Limits are enforced here, before data is allocated: a declared shape whose element count is
+over the limit is a 413 whatever its data.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import orjson
+import safetensors.torch
+import torch
+
+from lossd.errors import Problem
+
+DTYPES: dict[str, torch.dtype] = {
+    "bool": torch.bool,
+    "uint8": torch.uint8,
+    "int8": torch.int8,
+    "int16": torch.int16,
+    "int32": torch.int32,
+    "int64": torch.int64,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "float32": torch.float32,
+    "float64": torch.float64,
+}
+DTYPE_NAMES: dict[torch.dtype, str] = {v: k for k, v in DTYPES.items()}
+# numpy has no bfloat16: its JSON data travels through float32.
+NP_DTYPES: dict[str, Any] = {k: np.dtype(k) for k in DTYPES if k != "bfloat16"} | {"bfloat16": np.dtype("float32")}
+
+# safetensors header dtype codes.
+ST_DTYPES: dict[str, torch.dtype] = {
+    "BOOL": torch.bool,
+    "U8": torch.uint8,
+    "I8": torch.int8,
+    "I16": torch.int16,
+    "I32": torch.int32,
+    "I64": torch.int64,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "F32": torch.float32,
+    "F64": torch.float64,
+}
+
+NONFINITE_IN = {
+    "NaN": math.nan,
+    "Infinity": math.inf,
+    "-Infinity": -math.inf,
+    "nan": math.nan,
+    "inf": math.inf,
+    "-inf": -math.inf,
+}
+
+JSONTensor = torch.Tensor | list[str]
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_elements: int
+    max_tensors: int
+
+
+def _where(loc: Sequence[str | int]) -> str:
+    return ".".join(str(p) for p in loc)
+
+
+def _bad(loc: Sequence[str | int], msg: str) -> Problem:
+    return Problem(400, f"{_where(loc)}: {msg}", errors=[{"loc": list(loc), "msg": msg}])
+
+
+def _too_large(loc: Sequence[str | int], n: int, limits: Limits) -> Problem:
+    msg = f"{n} elements is over the limit of {limits.max_elements} per tensor"
+    return Problem(413, f"{_where(loc)}: {msg}", errors=[{"loc": list(loc), "msg": msg}])
+
+
+def _numel(shape: Any, loc: Sequence[str | int]) -> int:
+    if not isinstance(shape, list) or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in shape):
+        raise _bad(loc, "shape must be a list of non-negative integers")
+    return math.prod(shape)
+
+
+def _replace_nonfinite(obj: Any, loc: Sequence[str | int]) -> Any:
+    """Nested lists with "NaN"/"Infinity"/"-Infinity" strings -> floats (slow path, rare)."""
+    if isinstance(obj, list):
+        return [_replace_nonfinite(x, loc) for x in obj]
+    if isinstance(obj, str):
+        try:
+            return NONFINITE_IN[obj]
+        except KeyError:
+            raise _bad(loc, f"unexpected string {obj[:20]!r} in numeric data") from None
+    return obj
+
+
+def _to_numpy(data: Any, loc: Sequence[str | int]) -> np.ndarray:
+    """Numbers, booleans or rectangular nested lists -> ndarray with numpy's inferred dtype."""
+    try:
+        arr = np.asarray(data)
+    except (ValueError, OverflowError):
+        raise _bad(loc, "data is not a rectangular array of numbers") from None
+    if arr.dtype.kind in "US":
+        arr = _to_numpy(_replace_nonfinite(data, loc), loc)
+    if arr.dtype.kind not in "biuf":
+        raise _bad(loc, "data is not a rectangular array of numbers or booleans")
+    return arr
+
+
+def _cast(arr: np.ndarray, dtype: str, loc: Sequence[str | int]) -> np.ndarray:
+    """Cast to a declared dtype, refusing silent truncation (1.5 as int, 300 as uint8)."""
+    target = NP_DTYPES[dtype]
+    if arr.dtype == target:
+        return arr
+    if target.kind in "iu":
+        if arr.dtype.kind == "f":
+            if arr.size and not bool(np.all(np.isfinite(arr) & (arr == np.round(arr)))):
+                raise _bad(loc, f"data is not integral, declared dtype {dtype}")
+        if arr.size and arr.dtype.kind in "iuf":
+            info = np.iinfo(target)
+            if bool(arr.min() < info.min) or bool(arr.max() > info.max):
+                raise _bad(loc, f"data out of range for dtype {dtype}")
+    elif target.kind == "b" and arr.dtype.kind != "b":
+        if arr.size and not bool(np.all((arr == 0) | (arr == 1))):
+            raise _bad(loc, "data is not boolean (0/1, true/false), declared dtype bool")
+    return arr.astype(target)
+
+
+def _from_numpy(arr: np.ndarray, dtype: str | None) -> torch.Tensor:
+    t = torch.from_numpy(np.ascontiguousarray(arr))
+    if dtype == "bfloat16":
+        t = t.to(torch.bfloat16)
+    return t
+
+
+def decode_tensor(obj: Any, loc: Sequence[str | int], limits: Limits, text_ok: bool = False) -> JSONTensor:
+    """One JSON tensor (any form of api.md) -> a CPU tensor, or a list of strings where text is allowed."""
+    if isinstance(obj, dict):
+        return _decode_object(obj, loc, limits)
+    if text_ok and isinstance(obj, list) and obj and all(isinstance(s, str) for s in obj):
+        return list(obj)
+    if text_ok and isinstance(obj, list) and not obj:
+        return []
+    if isinstance(obj, str):
+        if obj in NONFINITE_IN:
+            return torch.tensor(NONFINITE_IN[obj], dtype=torch.float32)
+        raise _bad(loc, "expected a number, a nested array of numbers or a tensor object")
+    if obj is None:
+        raise _bad(loc, "expected a tensor, got null")
+    arr = _to_numpy(obj, loc)
+    if arr.size > limits.max_elements:
+        raise _too_large(loc, arr.size, limits)
+    kind = arr.dtype.kind
+    if kind == "f":
+        arr = arr.astype(np.float32)
+    elif kind in "iu":
+        arr = arr.astype(np.int64)
+    return _from_numpy(arr, None)
+
+
+def _decode_object(obj: dict[str, Any], loc: Sequence[str | int], limits: Limits) -> torch.Tensor:
+    extra = set(obj) - {"dtype", "shape", "data", "b64"}
+    if extra:
+        raise _bad(loc, f"unknown tensor fields {sorted(extra)}")
+    dtype = obj.get("dtype")
+    if dtype not in DTYPES:
+        raise _bad(loc, f"dtype must be one of {list(DTYPES)}, got {dtype!r}")
+    if "shape" not in obj:
+        raise _bad(loc, "a tensor object needs a shape")
+    shape = obj["shape"]
+    n = _numel(shape, loc)
+    if n > limits.max_elements:
+        raise _too_large(loc, n, limits)
+    has_data, has_b64 = "data" in obj, "b64" in obj
+    if has_data == has_b64:
+        raise _bad(loc, "a tensor object needs exactly one of data or b64")
+    if has_b64:
+        return _decode_b64(obj["b64"], dtype, shape, n, loc)
+    arr = _to_numpy(obj["data"], loc)
+    if arr.size != n:
+        raise _bad(loc, f"data has {arr.size} elements, shape {shape} needs {n}")
+    if arr.shape != tuple(shape) and arr.ndim != 1:
+        raise _bad(loc, f"nested data of shape {list(arr.shape)} does not match shape {shape}")
+    arr = _cast(arr, dtype, loc).reshape(shape)
+    return _from_numpy(arr, dtype)
+
+
+def _decode_b64(s: Any, dtype: str, shape: list[int], n: int, loc: Sequence[str | int]) -> torch.Tensor:
+    if not isinstance(s, str):
+        raise _bad(loc, "b64 must be a string")
+    tdtype = DTYPES[dtype]
+    itemsize = torch.empty((), dtype=tdtype).element_size()
+    if len(s) > 4 * ((n * itemsize + 2) // 3) + 4:
+        raise _bad(loc, f"b64 data is longer than shape {shape} and dtype {dtype} allow")
+    try:
+        raw = bytearray(base64.b64decode(s, validate=True))
+    except (binascii.Error, ValueError):
+        raise _bad(loc, "b64 is not valid base64") from None
+    if len(raw) != n * itemsize:
+        raise _bad(loc, f"b64 holds {len(raw)} bytes, shape {shape} and dtype {dtype} need {n * itemsize}")
+    if n == 0:
+        return torch.empty(shape, dtype=tdtype)
+    return torch.frombuffer(raw, dtype=tdtype).reshape(shape)
+
+
+def decode_tensors(
+    obj: Any, loc: Sequence[str | int], limits: Limits, text_inputs: frozenset[str] = frozenset()
+) -> dict[str, JSONTensor]:
+    """The ``inputs`` object of a request -> named tensors."""
+    if not isinstance(obj, dict):
+        raise Problem(
+            422,
+            f"{_where(loc)}: expected an object of named tensors",
+            errors=[{"loc": list(loc), "msg": "expected an object"}],
+        )
+    if len(obj) > limits.max_tensors:
+        raise Problem(413, f"{len(obj)} tensors is over the limit of {limits.max_tensors} per call")
+    return {k: decode_tensor(v, (*loc, k), limits, text_ok=k in text_inputs) for k, v in obj.items()}
+
+
+# ---------------------------------------------------------------------------
+# Encoding (responses)
+
+
+def _json_array(t: torch.Tensor) -> tuple[str, Any]:
+    """A CPU tensor -> (dtype name, flat data orjson can serialise) with non-finite floats as strings."""
+    name = DTYPE_NAMES[t.dtype]
+    if t.dtype == torch.bfloat16:
+        t = t.float()
+    arr = t.detach().contiguous().reshape(-1).numpy()
+    if arr.dtype.kind == "f" and arr.size and not bool(np.isfinite(arr).all()):
+        return name, [_float_out(x) for x in arr.tolist()]
+    return name, arr
+
+
+def _float_out(x: float) -> float | str:
+    if math.isfinite(x):
+        return x
+    if math.isnan(x):
+        return "NaN"
+    return "Infinity" if x > 0 else "-Infinity"
+
+
+def encode_tensor(t: torch.Tensor, b64: bool = False) -> dict[str, Any]:
+    t = t.detach().cpu()
+    if b64:
+        raw = t.contiguous().view(torch.uint8).numpy().tobytes() if t.numel() else b""
+        return {"dtype": DTYPE_NAMES[t.dtype], "shape": list(t.shape), "b64": base64.b64encode(raw).decode("ascii")}
+    name, data = _json_array(t)
+    return {"dtype": name, "shape": list(t.shape), "data": data}
+
+
+def encode_value(t: torch.Tensor, b64: bool = False) -> Any:
+    """A loss value: a JSON number for a scalar (non-finite as strings), else a tensor object."""
+    if t.dim() == 0:
+        return _float_out(float(t.item()))
+    return encode_tensor(t, b64)
+
+
+def dumps(obj: Any) -> bytes:
+    return orjson.dumps(obj, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def loads(body: bytes | bytearray | memoryview) -> Any:
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as e:
+        raise Problem(400, f"body is not valid JSON: {e}") from None
+
+
+# ---------------------------------------------------------------------------
+# safetensors
+
+
+def read_safetensors(body: bytearray, limits: Limits) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Parse a safetensors body without copying tensor data (views over ``body``).
+
+    The header is checked first (tensor count, element counts against the limits, offsets
+    inside the body) so that nothing is allocated for a body that will be refused.
+    """
+    if len(body) < 8:
+        raise Problem(400, "body is not a safetensors file (shorter than its 8-byte header length)")
+    n = int.from_bytes(body[:8], "little")
+    if n > len(body) - 8 or n > 100 * 1024 * 1024:
+        raise Problem(400, "body is not a safetensors file (header length past the end)")
+    try:
+        header = orjson.loads(memoryview(body)[8 : 8 + n])
+    except orjson.JSONDecodeError:
+        raise Problem(400, "body is not a safetensors file (header is not JSON)") from None
+    if not isinstance(header, dict):
+        raise Problem(400, "body is not a safetensors file (header is not an object)")
+    meta = header.pop("__metadata__", None) or {}
+    if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
+        raise Problem(400, "safetensors __metadata__ must map names to strings")
+    if len(header) > limits.max_tensors:
+        raise Problem(413, f"{len(header)} tensors is over the limit of {limits.max_tensors} per call")
+    base = 8 + n
+    plan: list[tuple[str, torch.dtype, list[int], int, int]] = []
+    for name, info in header.items():
+        loc = ("inputs", name)
+        if not isinstance(info, dict) or info.get("dtype") not in ST_DTYPES:
+            raise _bad(loc, f"unsupported safetensors dtype {info.get('dtype') if isinstance(info, dict) else info!r}")
+        shape = info.get("shape")
+        numel = _numel(shape, loc)
+        if numel > limits.max_elements:
+            raise _too_large(loc, numel, limits)
+        offs = info.get("data_offsets")
+        if not (isinstance(offs, list) and len(offs) == 2 and all(isinstance(o, int) for o in offs)):
+            raise _bad(loc, "data_offsets must be [begin, end]")
+        begin, end = offs
+        dtype = ST_DTYPES[info["dtype"]]
+        itemsize = torch.empty((), dtype=dtype).element_size()
+        if not (0 <= begin <= end and base + end <= len(body)) or end - begin != numel * itemsize:
+            raise _bad(loc, f"data_offsets {offs} do not match shape {shape} and dtype {info['dtype']}")
+        plan.append((name, dtype, shape, base + begin, numel))
+    tensors: dict[str, torch.Tensor] = {}
+    for name, dtype, shape, offset, numel in plan:
+        if numel == 0:
+            tensors[name] = torch.empty(shape, dtype=dtype)
+        elif offset % torch.empty((), dtype=dtype).element_size():
+            # Misaligned data (a writer that does not pad its header): copy rather than view.
+            size = numel * torch.empty((), dtype=dtype).element_size()
+            tensors[name] = torch.frombuffer(bytearray(body[offset : offset + size]), dtype=dtype).reshape(shape)
+        else:
+            tensors[name] = torch.frombuffer(body, dtype=dtype, count=numel, offset=offset).reshape(shape)
+    return tensors, meta
+
+
+def write_safetensors(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> bytes:
+    cpu = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    return safetensors.torch.save(cpu, metadata=dict(metadata))

@@ -1,0 +1,405 @@
+"""The engine: validates calls on the host, then runs them on one device.
+
+Split in two on purpose: :meth:`Engine.prepare` runs on the host and refuses anything
+bad (unknown inputs, wrong dtypes, shapes, index ranges) before a tensor reaches the device,
+so a client's class index of 10**9 is a 422 rather than a CUDA device-side assert that
+would take the process down for every tenant. :meth:`Engine.run` does the device work and
+is called from a worker thread, never from the event loop.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import pydantic
+import torch
+
+from lossd.codecs import JSONTensor
+from lossd.errors import Problem, field_error
+from lossd.losses import Catalogue
+from lossd.spec import Input, InputError, LossSpec, Params
+
+log = logging.getLogger("lossd.engine")
+
+FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def resolve_device(name: str) -> torch.device:
+    """auto -> cuda when available, else cpu; cuda:N checked against the devices present."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {name!r} requested but CUDA is not available")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"device {name!r} requested but only {torch.cuda.device_count()} CUDA devices exist")
+    elif dev.type != "cpu":
+        raise ValueError(f"unsupported device {name!r} (auto, cpu, cuda, cuda:N)")
+    return dev
+
+
+@dataclass
+class Call:
+    """One validated loss call, its tensors converted and still on the host."""
+
+    spec: LossSpec
+    params: Params
+    inputs: dict[str, JSONTensor]
+    grad: tuple[str, ...]
+    grad_dtypes: dict[str, torch.dtype]
+
+
+@dataclass
+class Result:
+    loss: str
+    value: torch.Tensor
+    grads: dict[str, torch.Tensor] = field(default_factory=dict)
+    terms: dict[str, float] | None = None
+
+
+@dataclass
+class CompositeTerm:
+    call: Call
+    weight: float
+    refs: dict[str, str]  # loss input name -> shared tensor name
+
+
+@dataclass
+class Composite:
+    terms: list[CompositeTerm]
+    shared: dict[str, torch.Tensor]
+    grad: tuple[str, ...]
+
+
+@dataclass
+class CompositeResult:
+    value: torch.Tensor
+    terms: list[tuple[str, float, torch.Tensor]]
+    grads: dict[str, torch.Tensor]
+
+
+def _compute_dtype(tensors: Sequence[Any]) -> torch.dtype:
+    """float64 if any floating input is float64, else float32 (float16/bfloat16 compute in float32)."""
+    for t in tensors:
+        if isinstance(t, torch.Tensor) and t.dtype == torch.float64:
+            return torch.float64
+    return torch.float32
+
+
+def convert(inp: Input, t: JSONTensor, dtype: torch.dtype) -> JSONTensor:
+    """Convert one decoded input per its kind; 422 for dtypes the kind does not accept."""
+    where = ("inputs", inp.name)
+    if isinstance(t, list):
+        if inp.kind == "text":
+            return t
+        raise field_error(where, "expected a tensor, got a list of strings")
+    if inp.kind == "text":
+        if t.is_floating_point() or t.dtype == torch.bool:
+            raise field_error(where, "expected a list of strings or an integer tensor")
+        return t.to(torch.int64)
+    if inp.kind == "index":
+        if t.is_floating_point() or t.dtype == torch.bool:
+            raise field_error(where, f"expected an integer dtype, got {str(t.dtype).removeprefix('torch.')}")
+        return t.to(torch.int64)
+    if inp.kind == "float_or_index":
+        if t.dtype == torch.bool:
+            raise field_error(where, "expected integer indices or floating probabilities, got bool")
+        return t.to(dtype) if t.is_floating_point() else t.to(torch.int64)
+    return t.to(dtype)  # float, mask
+
+
+def parse_grad(spec: LossSpec, grad: Any, given: Mapping[str, Any]) -> tuple[str, ...]:
+    if grad is False or grad is None:
+        return ()
+    if grad is True:
+        names = [n for n in spec.differentiable if n in given]
+        if not names:
+            raise field_error(("grad",), f"{spec.name} has no differentiable input")
+        return tuple(names)
+    if not isinstance(grad, list) or not all(isinstance(g, str) for g in grad):
+        raise field_error(("grad",), "expected false, true or a list of input names")
+    for g in grad:
+        inp = spec.input(g)
+        if inp is None:
+            raise field_error(("grad", g), f"{spec.name} has no input {g!r}")
+        if not inp.differentiable:
+            raise field_error(("grad", g), f"input {g!r} of {spec.name} is not differentiable")
+        if g not in given:
+            raise field_error(("grad", g), f"input {g!r} was not given")
+    return tuple(dict.fromkeys(grad))
+
+
+def parse_params(spec: LossSpec, params: Any) -> Params:
+    if params is None:
+        params = {}
+    if not isinstance(params, dict):
+        raise field_error(("params",), "expected an object")
+    try:
+        return spec.params.model_validate(params)
+    except pydantic.ValidationError as e:
+        errors = [{"loc": ["params", *map(str, err["loc"])], "msg": err["msg"]} for err in e.errors()]
+        first = errors[0]
+        raise Problem(422, f"{'.'.join(first['loc'])}: {first['msg']}", errors=errors) from None
+
+
+class Engine:
+    """Loss execution on one device, with resources (weights) loaded at start-up."""
+
+    def __init__(self, catalogue: Catalogue, device: torch.device, settings: Any, threads: int = 1) -> None:
+        self.catalogue = catalogue
+        self.device = device
+        self.executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix=f"lossd-{device}")
+        self.inflight = 0
+        self.calls = 0
+        self.resources: dict[str, Any] = {}
+        self.unavailable: dict[str, str] = {}
+        for spec in catalogue:
+            if spec.requires is None:
+                continue
+            value = getattr(settings, spec.requires, None)
+            if value is None or spec.load is None:
+                self.unavailable[spec.name] = (
+                    f"{spec.name} needs the setting {spec.requires} (env LOSSD_{spec.requires.upper()}), "
+                    "which this server was started without"
+                )
+            else:
+                self.resources[spec.name] = spec.load(value, device)
+
+    # -- host side -----------------------------------------------------------------------
+
+    def prepare(self, spec: LossSpec, inputs: Mapping[str, JSONTensor], params: Any, grad: Any) -> Call:
+        """Validate one call on the host: params, inputs, dtypes, the loss's own checks."""
+        if spec.name in self.unavailable:
+            raise Problem(503, self.unavailable[spec.name])
+        p = parse_params(spec, params)
+        for name in inputs:
+            if spec.input(name) is None:
+                expected = ", ".join(i.name for i in spec.inputs)
+                raise field_error(("inputs", name), f"unknown input for {spec.name} (inputs: {expected})")
+        for inp in spec.inputs:
+            if inp.required and inp.name not in inputs:
+                raise field_error(("inputs", inp.name), f"required input of {spec.name} is missing")
+        g = parse_grad(spec, grad, inputs)
+        dtype = _compute_dtype([v for k, v in inputs.items() if self._floating_kind(spec, k)])
+        converted: dict[str, JSONTensor] = {}
+        for name, t in inputs.items():
+            inp = spec.input(name)
+            assert inp is not None
+            converted[name] = convert(inp, t, dtype)
+        grad_dtypes: dict[str, torch.dtype] = {}
+        for name in g:
+            orig = inputs[name]
+            assert isinstance(orig, torch.Tensor)
+            grad_dtypes[name] = orig.dtype if orig.dtype in FLOATS else dtype
+        if spec.check is not None:
+            try:
+                spec.check(converted, p)
+            except InputError as e:
+                raise field_error(e.loc, e.msg) from None
+        return Call(spec, p, converted, g, grad_dtypes)
+
+    @staticmethod
+    def _floating_kind(spec: LossSpec, name: str) -> bool:
+        inp = spec.input(name)
+        return inp is not None and inp.kind in ("float", "float_or_index", "mask")
+
+    # -- device side (worker thread) -------------------------------------------------------
+
+    def run(self, call: Call) -> Result:
+        """Run one prepared call on the device; OOM becomes 503, other runtime errors 422."""
+        try:
+            return self._run(call)
+        except torch.cuda.OutOfMemoryError:
+            self._recover()
+            raise Problem(
+                503, f"the device ran out of memory for this {call.spec.name} call", headers={"Retry-After": "1"}
+            ) from None
+        except (RuntimeError, ValueError, IndexError) as e:
+            # The host checks should have caught it; a client-caused failure is still not a 500.
+            log.warning("%s raised on %s: %s", call.spec.name, self.device, e)
+            if "out of memory" in str(e):
+                self._recover()
+                raise Problem(
+                    503, f"the device ran out of memory for this {call.spec.name} call", headers={"Retry-After": "1"}
+                ) from None
+            raise Problem(422, f"{call.spec.name} could not be computed for these inputs: {e}") from None
+
+    def _recover(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    def _to_device(self, t: JSONTensor) -> JSONTensor:
+        if isinstance(t, list) or self.device.type == "cpu":
+            return t
+        return t.to(self.device, non_blocking=True)
+
+    def _kwargs(self, call: Call, tensors: Mapping[str, JSONTensor]) -> dict[str, Any]:
+        kwargs: dict[str, Any] = dict(tensors)
+        kwargs.update(call.params)
+        if call.spec.name in self.resources:
+            kwargs["resource"] = self.resources[call.spec.name]
+        return kwargs
+
+    def _run(self, call: Call) -> Result:
+        spec = call.spec
+        if spec.host_only:
+            with torch.inference_mode():
+                out = spec.fn(**self._kwargs(call, call.inputs))
+            value, terms = out if isinstance(out, tuple) else (out, None)
+            return Result(spec.name, value.cpu(), {}, _terms(terms))
+        if not call.grad:
+            with torch.inference_mode():
+                tensors = {k: self._to_device(v) for k, v in call.inputs.items()}
+                out = spec.fn(**self._kwargs(call, tensors))
+                value, terms = out if isinstance(out, tuple) else (out, None)
+                return Result(spec.name, value.cpu(), {}, _terms(terms))
+        tensors = {k: self._to_device(v) for k, v in call.inputs.items()}
+        leaves = []
+        for name in call.grad:
+            t = tensors[name]
+            assert isinstance(t, torch.Tensor)
+            leaf = t.detach().requires_grad_(True)
+            tensors[name] = leaf
+            leaves.append(leaf)
+        out = spec.fn(**self._kwargs(call, tensors))
+        value, terms = out if isinstance(out, tuple) else (out, None)
+        total = value if value.dim() == 0 else value.sum()
+        gs = torch.autograd.grad(total, leaves, allow_unused=True) if total.requires_grad else [None] * len(leaves)
+        grads = {}
+        for name, leaf, g in zip(call.grad, leaves, gs):
+            g = torch.zeros_like(leaf) if g is None else g
+            grads[name] = g.detach().to(call.grad_dtypes[name]).cpu()
+        return Result(spec.name, value.detach().cpu(), grads, _terms(terms))
+
+    def run_many(self, calls: Sequence[Call | Problem]) -> list[Result | Problem]:
+        """Run a batch in one trip to the worker; a failing call fails alone."""
+        out: list[Result | Problem] = []
+        for c in calls:
+            if isinstance(c, Problem):
+                out.append(c)
+                continue
+            try:
+                out.append(self.run(c))
+            except Problem as p:
+                out.append(p)
+        return out
+
+    def run_composite(self, comp: Composite) -> CompositeResult:
+        try:
+            return self._run_composite(comp)
+        except torch.cuda.OutOfMemoryError:
+            self._recover()
+            raise Problem(
+                503, "the device ran out of memory for this composite call", headers={"Retry-After": "1"}
+            ) from None
+        except (RuntimeError, ValueError, IndexError) as e:
+            log.warning("composite raised on %s: %s", self.device, e)
+            raise Problem(422, f"the composite could not be computed for these inputs: {e}") from None
+
+    def _run_composite(self, comp: Composite) -> CompositeResult:
+        leaves: dict[str, torch.Tensor] = {}
+        for name in comp.grad:
+            t = comp.shared[name]
+            dtype = torch.float64 if t.dtype == torch.float64 else torch.float32
+            leaves[name] = t.to(self.device, dtype).requires_grad_(True)
+        ctx = torch.inference_mode() if not leaves else contextlib.nullcontext()
+        with ctx:
+            total: torch.Tensor | None = None
+            values: list[tuple[str, float, torch.Tensor]] = []
+            for term in comp.terms:
+                tensors: dict[str, JSONTensor] = {}
+                for name, t in term.call.inputs.items():
+                    ref = term.refs[name]
+                    inp = term.call.spec.input(name)
+                    if (
+                        ref in leaves
+                        and inp is not None
+                        and inp.kind in ("float", "mask")
+                        and isinstance(t, torch.Tensor)
+                    ):
+                        tensors[name] = leaves[ref].to(t.dtype)
+                    else:
+                        tensors[name] = self._to_device(t)
+                out = term.call.spec.fn(**self._kwargs(term.call, tensors))
+                value = out[0] if isinstance(out, tuple) else out
+                if value.dim() != 0:
+                    value = value.sum()
+                values.append((term.call.spec.name, term.weight, value.detach().cpu()))
+                weighted = value * term.weight
+                total = (
+                    weighted if total is None else total + weighted.to(torch.promote_types(total.dtype, weighted.dtype))
+                )
+            assert total is not None
+            grads: dict[str, torch.Tensor] = {}
+            if leaves:
+                names = list(leaves)
+                gs = (
+                    torch.autograd.grad(total, [leaves[n] for n in names], allow_unused=True)
+                    if total.requires_grad
+                    else [None] * len(names)
+                )
+                for n, g in zip(names, gs):
+                    g = torch.zeros_like(leaves[n]) if g is None else g
+                    orig = comp.shared[n].dtype
+                    grads[n] = g.detach().to(orig if orig in FLOATS else g.dtype).cpu()
+            return CompositeResult(total.detach().cpu(), values, grads)
+
+    def shutdown(self) -> None:
+        self.executor.shutdown(wait=True)
+
+
+def _terms(terms: Mapping[str, torch.Tensor] | None) -> dict[str, float] | None:
+    if terms is None:
+        return None
+    return {k: float(v.detach().cpu().item()) for k, v in terms.items()}
+
+
+class Dispatcher:
+    """Admission control and placement: a bounded number of calls in flight across engines.
+
+    Past ``max_concurrency`` admitted calls the server answers 503 with Retry-After instead
+    of queueing without limit. Each call goes to the engine with the fewest calls in flight.
+    """
+
+    def __init__(self, engines: Sequence[Engine], max_concurrency: int, retry_after_s: int) -> None:
+        self.engines = list(engines)
+        self.max_concurrency = max_concurrency
+        self.retry_after_s = retry_after_s
+        self.admitted = 0
+
+    def busy(self) -> Problem:
+        return Problem(
+            503,
+            f"server busy: {self.admitted} calls in flight (limit {self.max_concurrency}); retry later",
+            headers={"Retry-After": str(self.retry_after_s)},
+        )
+
+    async def submit(self, fn: Any, *args: Any, deadline: float) -> Any:
+        """Run ``fn(engine, *args)`` on the least-loaded engine's worker thread."""
+        import asyncio
+
+        if self.admitted >= self.max_concurrency:
+            raise self.busy()
+        engine = min(self.engines, key=lambda e: e.inflight)
+        self.admitted += 1
+        engine.inflight += 1
+        try:
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(engine.executor, _guarded, fn, engine, args, deadline)
+        finally:
+            self.admitted -= 1
+            engine.inflight -= 1
+            engine.calls += 1
+
+
+def _guarded(fn: Any, engine: Engine, args: tuple[Any, ...], deadline: float) -> Any:
+    if time.monotonic() > deadline:
+        raise Problem(504, "the call's deadline passed before it ran")
+    return fn(engine, *args)

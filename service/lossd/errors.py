@@ -1,0 +1,56 @@
+"""Problem details (RFC 9457): the one error type the HTTP layer turns into responses."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+TITLES = {
+    400: "Bad Request",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    406: "Not Acceptable",
+    413: "Content Too Large",
+    415: "Unsupported Media Type",
+    422: "Unprocessable Content",
+    429: "Too Many Requests",
+    500: "Internal Server Error",
+    503: "Service Unavailable",
+    504: "Gateway Timeout",
+}
+
+
+class Problem(Exception):
+    """An error answer: status, a human ``detail``, optional field ``errors`` and headers."""
+
+    def __init__(
+        self,
+        status: int,
+        detail: str,
+        *,
+        errors: Sequence[dict[str, Any]] | None = None,
+        headers: dict[str, str] | None = None,
+        type_: str | None = None,
+    ) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+        self.errors = list(errors) if errors else None
+        self.headers = headers or {}
+        self.type = type_ or f"https://lossd.dev/problems/{status}"
+
+    @property
+    def title(self) -> str:
+        return TITLES.get(self.status, "Error")
+
+    def body(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"type": self.type, "title": self.title, "status": self.status, "detail": self.detail}
+        if self.errors:
+            out["errors"] = self.errors
+        return out
+
+
+def field_error(loc: Sequence[str | int], msg: str, status: int = 422) -> Problem:
+    return Problem(status, f"{'.'.join(str(p) for p in loc)}: {msg}", errors=[{"loc": list(loc), "msg": msg}])

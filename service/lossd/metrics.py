@@ -1,0 +1,48 @@
+"""Prometheus metrics, on a registry of the app's own (no process-global state)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "lossd_requests",
+            "HTTP requests by endpoint, loss and status",
+            ["endpoint", "loss", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "lossd_request_duration_seconds",
+            "End-to-end request latency",
+            ["endpoint", "loss"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.errors = Counter("lossd_errors", "Error responses by status", ["status"], registry=self.registry)
+        self.compute = Histogram(
+            "lossd_compute_seconds",
+            "Device time per call batch",
+            ["device"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.inflight = Gauge("lossd_inflight_calls", "Calls in flight per device", ["device"], registry=self.registry)
+        self.device_calls = Counter("lossd_device_calls", "Calls run per device", ["device"], registry=self.registry)
+        self.rejected = Counter(
+            "lossd_rejected", "Calls refused before running, by reason", ["reason"], registry=self.registry
+        )
+        self.ready = Gauge("lossd_ready", "1 when the server takes work", registry=self.registry)
+
+    def observe(self, endpoint: str, loss: str, status: int, seconds: float) -> None:
+        self.requests.labels(endpoint, loss, str(status)).inc()
+        self.latency.labels(endpoint, loss).observe(seconds)
+        if status >= 400:
+            self.errors.labels(str(status)).inc()
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,111 @@
+"""The OpenAPI schema: the real request and response bodies of every endpoint.
+
+Handlers read raw bytes (JSON or safetensors) for speed, so FastAPI cannot infer their
+bodies; the models of :mod:`lossd.schemas` are added here instead.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+from pydantic import BaseModel
+
+from lossd import schemas
+from lossd.examples import EXAMPLES
+
+REF = "#/components/schemas/{model}"
+MODELS: tuple[type[BaseModel], ...] = (
+    schemas.LossRequest,
+    schemas.LossResponse,
+    schemas.Problem,
+    schemas.BatchRequest,
+    schemas.BatchResponse,
+    schemas.CompositeRequest,
+    schemas.CompositeResponse,
+    schemas.LossInfo,
+    schemas.LossList,
+    schemas.Info,
+)
+ERRORS = {
+    "400": "Body is not valid JSON / safetensors, or a tensor's data does not match its shape and dtype",
+    "401": "A key is required and missing or wrong",
+    "403": "The key may not do this",
+    "404": "Unknown loss; detail names the closest catalogue names",
+    "413": "Body, or a tensor's element count, over the configured limit",
+    "415": "Unsupported Content-Type",
+    "422": "Wrong shapes, dtypes, params, out-of-range indices or probabilities; a gradient of an input that has none",
+    "429": "Over a rate limit; Retry-After set",
+    "503": "Not ready, busy, or out of device memory (Retry-After); or a loss that lacks its configuration",
+    "504": "The call's deadline passed before it ran",
+}
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json_body(name: str, example: Any = None) -> dict[str, Any]:
+    content: dict[str, Any] = {"schema": _ref(name)}
+    if example is not None:
+        content["example"] = example
+    return content
+
+
+def _errors() -> dict[str, Any]:
+    return {
+        code: {"description": d, "content": {"application/problem+json": {"schema": _ref("Problem")}}}
+        for code, d in ERRORS.items()
+    }
+
+
+def build_openapi(app: FastAPI) -> dict[str, Any]:
+    schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+    components = schema.setdefault("components", {}).setdefault("schemas", {})
+    for model in MODELS:
+        js = model.model_json_schema(ref_template=REF)
+        components.update(js.pop("$defs", {}))
+        components[model.__name__] = js
+    binary = {"schema": {"type": "string", "format": "binary", "description": "A safetensors file (see api.md)"}}
+    paths = schema["paths"]
+    ce = EXAMPLES["cross_entropy"]
+    ops: dict[tuple[str, str], tuple[str | None, str, bool]] = {
+        ("/v1/losses/{name}", "post"): ("LossRequest", "LossResponse", True),
+        ("/v1/batch", "post"): ("BatchRequest", "BatchResponse", False),
+        ("/v1/composite", "post"): ("CompositeRequest", "CompositeResponse", False),
+        ("/v1/losses", "get"): (None, "LossList", False),
+        ("/v1/losses/{name}", "get"): (None, "LossInfo", False),
+        ("/v1/info", "get"): (None, "Info", False),
+    }
+    for (path, method), (req, resp, st) in ops.items():
+        op = paths[path][method]
+        if req is not None:
+            example = {"inputs": ce["inputs"], "params": {"reduction": "mean"}, "grad": ["input"]} if st else None
+            content = {"application/json": _json_body(req, example)}
+            if st:
+                content["application/x-safetensors"] = binary
+            op["requestBody"] = {"required": True, "content": content}
+        ok = {"application/json": {"schema": _ref(resp)}}
+        if st:
+            ok["application/x-safetensors"] = binary
+        op["responses"] = {"200": {"description": "Success", "content": ok}, **(_errors() if method == "post" else {})}
+        if path == "/v1/losses/{name}" and method == "get":
+            op["responses"]["404"] = _errors()["404"]
+    paths["/readyz"]["get"]["responses"]["503"] = _errors()["503"]
+    paths["/metrics"]["get"]["responses"]["200"] = {
+        "description": "Prometheus text format",
+        "content": {"text/plain": {"schema": {"type": "string"}}},
+    }
+    return schema
+
+
+def install_openapi(app: FastAPI) -> None:
+    cache: dict[str, Any] = {}
+
+    def openapi() -> dict[str, Any]:
+        if "schema" not in cache:
+            cache["schema"] = build_openapi(app)
+        return cache["schema"]
+
+    app.openapi = openapi  # type: ignore[method-assign]

@@ -1,0 +1,379 @@
+"""The service: turns request bodies into engine calls and results into response bodies.
+
+Everything here is transport-level glue between the codecs and the engine; the HTTP
+handlers in :mod:`lossd.app` only pick the method and wrap the bytes in a response.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+import torch
+
+import lossd
+from lossd import codecs
+from lossd.auth import Keys, RateLimiter
+from lossd.codecs import Limits
+from lossd.engine import Call, Composite, CompositeResult, CompositeTerm, Dispatcher, Engine, Result, resolve_device
+from lossd.errors import Problem, field_error
+from lossd.examples import EXAMPLES
+from lossd.losses import Catalogue, default_catalogue
+from lossd.metrics import Metrics
+from lossd.settings import Settings
+from lossd.spec import LossSpec
+
+log = logging.getLogger("lossd")
+
+JSON = "application/json"
+SAFETENSORS = "application/x-safetensors"
+
+
+def wants_b64(body: Mapping[str, Any]) -> bool:
+    enc = body.get("encoding", "data")
+    if enc not in ("data", "b64"):
+        raise field_error(("encoding",), 'expected "data" or "b64"')
+    return enc == "b64"
+
+
+class Service:
+    """One lossd node: its catalogue, its device engines and its admission control."""
+
+    def __init__(self, settings: Settings, catalogue: Catalogue | None = None) -> None:
+        self.settings = settings
+        self.catalogue = catalogue or default_catalogue()
+        self.limits = Limits(settings.max_tensor_elements, settings.max_tensors)
+        self.metrics = Metrics()
+        self.keys = Keys(settings.api_keys)
+        self.limiter = RateLimiter(settings.rate_limit_per_s, settings.rate_limit_burst, settings.retry_after_s)
+        if settings.torch_threads:
+            torch.set_num_threads(settings.torch_threads)
+        devices = [resolve_device(d.strip()) for d in settings.device.split(",")]
+        self.engines = [Engine(self.catalogue, d, settings, settings.compute_threads) for d in devices]
+        self.dispatcher = Dispatcher(self.engines, settings.max_concurrency, settings.retry_after_s)
+        self.ready = False
+        self.draining = False
+        self._text_inputs = {s.name: frozenset(i.name for i in s.inputs if i.kind == "text") for s in self.catalogue}
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    def warmup(self) -> None:
+        """Run every available loss once, with gradients, on every device (blocking)."""
+        if self.settings.warmup:
+            for engine in self.engines:
+                for spec in self.catalogue:
+                    ex = EXAMPLES.get(spec.name)
+                    if ex is None or spec.name in engine.unavailable:
+                        continue
+                    try:
+                        inputs = codecs.decode_tensors(
+                            ex["inputs"], ("inputs",), self.limits, self._text_inputs[spec.name]
+                        )
+                        call = engine.prepare(spec, inputs, ex.get("params"), bool(spec.differentiable))
+                        engine.run(call)
+                    except Problem as p:
+                        log.error("warm-up of %s on %s failed: %s", spec.name, engine.device, p.detail)
+                if engine.device.type == "cuda":
+                    torch.cuda.synchronize(engine.device)
+        self.ready = True
+        self.metrics.ready.set(1)
+
+    def close(self) -> None:
+        self.ready = False
+        self.metrics.ready.set(0)
+        for e in self.engines:
+            e.shutdown()
+
+    # -- admission ----------------------------------------------------------------------
+
+    def spec(self, name: str) -> LossSpec:
+        spec = self.catalogue.get(name)
+        if spec is None:
+            close = self.catalogue.closest(name)
+            hint = f"; closest: {', '.join(close)}" if close else ""
+            raise Problem(404, f"unknown loss {name!r}{hint}")
+        return spec
+
+    def admit(self, key: str | None, client: str) -> None:
+        if self.draining or not self.ready:
+            self.metrics.rejected.labels("not_ready").inc()
+            raise Problem(
+                503,
+                "the server is not ready (warming up or shutting down)",
+                headers={"Retry-After": str(self.settings.retry_after_s)},
+            )
+        self.limiter.check(key or client)
+
+    def deadline(self, header: str | None) -> float:
+        ms = self.settings.deadline_ms
+        if header:
+            try:
+                ms = min(ms, max(0, int(header)))
+            except ValueError:
+                raise Problem(400, "X-Deadline-Ms must be an integer count of milliseconds") from None
+        return time.monotonic() + ms / 1000.0
+
+    async def _submit(self, fn: Any, *args: Any, deadline: float) -> Any:
+        try:
+            return await self.dispatcher.submit(fn, *args, deadline=deadline)
+        except Problem as p:
+            if p.status == 503:
+                self.metrics.rejected.labels("busy").inc()
+            elif p.status == 504:
+                self.metrics.rejected.labels("deadline").inc()
+            raise
+
+    # -- one loss ------------------------------------------------------------------------
+
+    def parse_json_call(
+        self, spec: LossSpec, body: Any, where: tuple[str | int, ...] = ()
+    ) -> tuple[dict[str, Any], Any, Any]:
+        if not isinstance(body, dict):
+            raise Problem(400, "body must be a JSON object")
+        allowed = {"inputs", "params", "grad", "encoding", "loss"}
+        extra = set(body) - allowed
+        if extra:
+            k = sorted(extra)[0]
+            raise field_error((*where, k), "unknown field")
+        if "inputs" not in body:
+            raise field_error((*where, "inputs"), "required field is missing")
+        inputs = codecs.decode_tensors(body["inputs"], (*where, "inputs"), self.limits, self._text_inputs[spec.name])
+        return inputs, body.get("params"), body.get("grad", False)
+
+    def parse_safetensors_call(self, body: bytearray) -> tuple[dict[str, Any], Any, Any]:
+        tensors, meta = codecs.read_safetensors(body, self.limits)
+        extra = set(meta) - {"params", "grad", "format"}
+        if extra:
+            raise field_error(("__metadata__", sorted(extra)[0]), "unknown metadata key (params, grad)")
+        try:
+            params = orjson.loads(meta.get("params", "{}"))
+            grad = orjson.loads(meta.get("grad", "false"))
+        except orjson.JSONDecodeError:
+            raise Problem(400, "safetensors __metadata__ params and grad must be JSON strings") from None
+        return tensors, params, grad
+
+    async def compute(
+        self, name: str, body: bytearray, binary_in: bool, binary_out: bool, deadline: float
+    ) -> tuple[bytes, str, str]:
+        spec = self.spec(name)
+        if binary_in:
+            inputs, params, grad = self.parse_safetensors_call(body)
+            b64 = False
+        else:
+            obj = codecs.loads(body)
+            inputs, params, grad = self.parse_json_call(spec, obj)
+            b64 = wants_b64(obj)
+        call: Call = self.engines[0].prepare(spec, inputs, params, grad)
+        result: Result = await self._submit(Engine.run, call, deadline=deadline)
+        if binary_out:
+            return self.result_safetensors(result), SAFETENSORS, spec.name
+        return codecs.dumps(self.result_json(result, b64)), JSON, spec.name
+
+    def result_json(self, r: Result, b64: bool) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "loss": r.loss,
+            "value": codecs.encode_value(r.value, b64),
+            "grads": {k: codecs.encode_tensor(v, b64) for k, v in r.grads.items()},
+        }
+        if r.terms is not None:
+            out["terms"] = {k: codecs._float_out(v) for k, v in r.terms.items()}
+        return out
+
+    @staticmethod
+    def result_safetensors(r: Result) -> bytes:
+        tensors = {"value": r.value, **{f"grad.{k}": v for k, v in r.grads.items()}}
+        meta = {"loss": r.loss}
+        if r.terms is not None:
+            meta["terms"] = orjson.dumps(r.terms).decode()
+        return codecs.write_safetensors(tensors, meta)
+
+    # -- batch ---------------------------------------------------------------------------
+
+    async def batch(self, body: bytearray, key: str | None, deadline: float) -> bytes:
+        obj = codecs.loads(body)
+        if not isinstance(obj, dict) or not isinstance(obj.get("calls"), list):
+            raise field_error(("calls",), "expected an object with a list of calls")
+        extra = set(obj) - {"calls", "encoding"}
+        if extra:
+            raise field_error((sorted(extra)[0],), "unknown field")
+        b64 = wants_b64(obj)
+        raw_calls = obj["calls"]
+        if len(raw_calls) > self.settings.max_batch_calls:
+            raise Problem(413, f"{len(raw_calls)} calls is over the limit of {self.settings.max_batch_calls} per batch")
+        calls: list[Call | Problem] = []
+        for i, c in enumerate(raw_calls):
+            try:
+                if not isinstance(c, dict) or not isinstance(c.get("loss"), str):
+                    raise field_error(("calls", i, "loss"), "each call needs a loss name")
+                spec = self.spec(c["loss"])
+                self.keys.authorize(key, spec.name)
+                inputs, params, grad = self.parse_json_call(spec, c, ("calls", i))
+                calls.append(self.engines[0].prepare(spec, inputs, params, grad))
+            except Problem as p:
+                calls.append(p)
+        results = await self._submit(Engine.run_many, calls, deadline=deadline)
+        out = [{"error": r.body()} if isinstance(r, Problem) else self.result_json(r, b64) for r in results]
+        return codecs.dumps({"results": out})
+
+    # -- composite -----------------------------------------------------------------------
+
+    async def composite(self, body: bytearray, key: str | None, deadline: float) -> bytes:
+        obj = codecs.loads(body)
+        if not isinstance(obj, dict):
+            raise Problem(400, "body must be a JSON object")
+        extra = set(obj) - {"inputs", "terms", "grad", "encoding"}
+        if extra:
+            raise field_error((sorted(extra)[0],), "unknown field")
+        b64 = wants_b64(obj)
+        terms_in = obj.get("terms")
+        if not isinstance(terms_in, list) or not terms_in:
+            raise field_error(("terms",), "expected a non-empty list of terms")
+        if len(terms_in) > self.settings.max_batch_calls:
+            raise Problem(413, f"{len(terms_in)} terms is over the limit of {self.settings.max_batch_calls}")
+        # Text inputs never take gradients; decode shared lists of strings as text.
+        shared = codecs.decode_tensors(obj.get("inputs"), ("inputs",), self.limits, frozenset(_text_refs(obj, self)))
+        terms: list[CompositeTerm] = []
+        differentiable_refs: set[str] = set()
+        for i, t in enumerate(terms_in):
+            where: tuple[str | int, ...] = ("terms", i)
+            if not isinstance(t, dict) or not isinstance(t.get("loss"), str):
+                raise field_error((*where, "loss"), "each term needs a loss name")
+            unknown = set(t) - {"loss", "weight", "inputs", "params"}
+            if unknown:
+                raise field_error((*where, sorted(unknown)[0]), "unknown field")
+            spec = self.catalogue.get(t["loss"])
+            if spec is None:
+                close = self.catalogue.closest(t["loss"])
+                raise field_error(
+                    (*where, "loss"),
+                    f"unknown loss {t['loss']!r}" + (f"; closest: {', '.join(close)}" if close else ""),
+                )
+            self.keys.authorize(key, spec.name)
+            weight = t.get("weight", 1.0)
+            if not isinstance(weight, (int, float)) or isinstance(weight, bool):
+                raise field_error((*where, "weight"), "expected a number")
+            refs = t.get("inputs")
+            if not isinstance(refs, dict) or not all(isinstance(v, str) for v in refs.values()):
+                raise field_error((*where, "inputs"), "expected an object mapping loss inputs to shared tensor names")
+            for k, ref in refs.items():
+                if ref not in shared:
+                    raise field_error((*where, "inputs", k), f"no shared tensor named {ref!r}")
+                inp = spec.input(k)
+                if inp is not None and inp.differentiable:
+                    differentiable_refs.add(ref)
+            try:
+                call = self.engines[0].prepare(spec, {k: shared[v] for k, v in refs.items()}, t.get("params"), False)
+            except Problem as p:
+                errors = [{"loc": [*where, *e["loc"]], "msg": e["msg"]} for e in (p.errors or [])]
+                raise Problem(
+                    p.status if p.status == 503 else 422, f"term {i} ({spec.name}): {p.detail}", errors=errors or None
+                ) from None
+            terms.append(CompositeTerm(call, float(weight), dict(refs)))
+        grad = obj.get("grad", False)
+        if grad is True:
+            names = tuple(n for n in shared if n in differentiable_refs)
+            if not names:
+                raise field_error(("grad",), "no shared tensor feeds a differentiable input")
+        elif grad is False or grad is None:
+            names = ()
+        elif isinstance(grad, list) and all(isinstance(g, str) for g in grad):
+            for g in grad:
+                if g not in shared:
+                    raise field_error(("grad", g), f"no shared tensor named {g!r}")
+                if g not in differentiable_refs:
+                    raise field_error(("grad", g), f"{g!r} feeds no differentiable input of any term")
+            names = tuple(dict.fromkeys(grad))
+        else:
+            raise field_error(("grad",), "expected false, true or a list of tensor names")
+        for n in names:
+            t = shared[n]
+            if not isinstance(t, torch.Tensor) or not (t.is_floating_point() or t.dtype != torch.bool):
+                raise field_error(("grad", n), "not a numeric tensor")
+        comp = Composite(terms, {k: v for k, v in shared.items() if isinstance(v, torch.Tensor)}, names)
+        res: CompositeResult = await self._submit(Engine.run_composite, comp, deadline=deadline)
+        return codecs.dumps(
+            {
+                "value": codecs.encode_value(res.value),
+                "terms": [{"loss": n, "weight": w, "value": codecs.encode_value(v)} for n, w, v in res.terms],
+                "grads": {k: codecs.encode_tensor(v, b64) for k, v in res.grads.items()},
+            }
+        )
+
+    # -- catalogue and info ------------------------------------------------------------
+
+    def loss_info(self, spec: LossSpec) -> dict[str, Any]:
+        unavailable = self.engines[0].unavailable.get(spec.name)
+        return {
+            "name": spec.name,
+            "aliases": list(spec.aliases),
+            "summary": spec.summary,
+            "inputs": [
+                {
+                    "name": i.name,
+                    "required": i.required,
+                    "dtypes": list(i.dtypes),
+                    "shape": i.shape,
+                    "differentiable": i.differentiable,
+                    "doc": i.doc,
+                }
+                for i in spec.inputs
+            ],
+            "params": spec.params.model_json_schema(),
+            "reductions": list(spec.reductions),
+            "available": unavailable is None,
+            "reference": spec.reference,
+            "unavailable_reason": unavailable,
+        }
+
+    def info(self) -> dict[str, Any]:
+        s = self.settings
+        return {
+            "version": lossd.__version__,
+            "torch": torch.__version__,
+            "devices": [
+                {"device": str(e.device), "name": _device_name(e.device), "inflight": e.inflight, "calls": e.calls}
+                for e in self.engines
+            ],
+            "limits": {
+                "max_body_bytes": s.max_body_bytes,
+                "max_tensor_elements": s.max_tensor_elements,
+                "max_tensors": s.max_tensors,
+                "max_batch_calls": s.max_batch_calls,
+                "max_concurrency": s.max_concurrency,
+                "deadline_ms": s.deadline_ms,
+                "rate_limit_per_s": s.rate_limit_per_s,
+                "auth": self.keys.enabled,
+            },
+            "losses": len(self.catalogue),
+        }
+
+    def update_gauges(self) -> None:
+        for e in self.engines:
+            self.metrics.inflight.labels(str(e.device)).set(e.inflight)
+
+
+def _text_refs(obj: Mapping[str, Any], service: Service) -> set[str]:
+    refs: set[str] = set()
+    for t in obj.get("terms") or []:
+        if isinstance(t, dict) and isinstance(t.get("loss"), str) and isinstance(t.get("inputs"), dict):
+            spec = service.catalogue.get(t["loss"])
+            if spec is not None:
+                for k, v in t["inputs"].items():
+                    inp = spec.input(k)
+                    if inp is not None and inp.kind == "text" and isinstance(v, str):
+                        refs.add(v)
+    return refs
+
+
+def _device_name(d: torch.device) -> str:
+    if d.type == "cuda":
+        return torch.cuda.get_device_name(d)
+    return "cpu"
+
+
+async def warmup_async(service: Service) -> None:
+    await asyncio.to_thread(service.warmup)
