@@ -132,7 +132,8 @@ def _cast(arr: np.ndarray, dtype: str, loc: Sequence[str | int]) -> np.ndarray:
 
 
 def _from_numpy(arr: np.ndarray, dtype: str | None) -> torch.Tensor:
-    t = torch.from_numpy(np.ascontiguousarray(arr))
+    # np.ascontiguousarray would turn a 0-d array into 1-d.
+    t = torch.from_numpy(arr if arr.flags.c_contiguous else arr.copy())
     if dtype == "bfloat16":
         t = t.to(torch.bfloat16)
     return t

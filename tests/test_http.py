@@ -1,0 +1,335 @@
+"""The HTTP contract against a real server: every status of api.md's error table, headers, ops endpoints."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import httpx
+import orjson
+import pytest
+import safetensors.torch
+import torch
+from serverutil import Server, run_server
+
+PROBLEM = "application/problem+json"
+CE = {"inputs": {"input": [[1.0, 2.0, 0.5], [0.3, -1.0, 2.0]], "target": [1, 2]}}
+
+
+def post(server: Server, path: str, **kw: object) -> httpx.Response:
+    return httpx.post(server.url + path, timeout=60, **kw)  # type: ignore[arg-type]
+
+
+def assert_problem(r: httpx.Response, status: int) -> dict:
+    assert r.status_code == status, r.text
+    assert r.headers["content-type"].startswith(PROBLEM)
+    body = r.json()
+    assert body["status"] == status and body["title"] and body["detail"] and body["type"]
+    assert "x-request-id" in r.headers
+    return body
+
+
+def test_ok_and_request_id(server: Server) -> None:
+    r = post(server, "/v1/losses/cross_entropy", json=CE, headers={"X-Request-ID": "abc-123"})
+    assert r.status_code == 200
+    assert r.headers["x-request-id"] == "abc-123"
+    ref = torch.nn.functional.cross_entropy(torch.tensor(CE["inputs"]["input"]), torch.tensor(CE["inputs"]["target"]))
+    assert r.json()["loss"] == "cross_entropy"
+    assert r.json()["value"] == pytest.approx(float(ref), rel=1e-6)
+    r2 = post(server, "/v1/losses/cross_entropy", json=CE)
+    assert len(r2.headers["x-request-id"]) >= 16 and r2.headers["x-request-id"] != r.headers["x-request-id"]
+
+
+def test_alias_answers_canonical_name(server: Server) -> None:
+    r = post(server, "/v1/losses/sparse_categorical_cross_entropy", json=CE)
+    assert r.status_code == 200 and r.json()["loss"] == "cross_entropy"
+
+
+def test_400_bad_json_and_bad_data(server: Server) -> None:
+    assert_problem(
+        post(server, "/v1/losses/mse", content=b"{not json", headers={"content-type": "application/json"}), 400
+    )
+    bad = {"inputs": {"input": {"dtype": "float32", "shape": [3], "data": [1, 2]}, "target": [1.0, 2.0]}}
+    body = assert_problem(post(server, "/v1/losses/mse", json=bad), 400)
+    assert body["errors"][0]["loc"] == ["inputs", "input"]
+    assert_problem(
+        post(server, "/v1/losses/mse", json={"inputs": {"input": [[1.0], [2.0, 3.0]], "target": [1.0]}}), 400
+    )
+
+
+def test_400_bad_safetensors(server: Server) -> None:
+    r = post(
+        server, "/v1/losses/mse", content=b"\x00\x01garbage", headers={"content-type": "application/x-safetensors"}
+    )
+    assert_problem(r, 400)
+
+
+def test_404_names_closest(server: Server) -> None:
+    body = assert_problem(post(server, "/v1/losses/crossentropy", json=CE), 404)
+    assert "cross_entropy" in body["detail"]
+    assert_problem(httpx.get(server.url + "/v1/losses/nope_nope"), 404)
+    assert_problem(httpx.get(server.url + "/no/such/route"), 404)
+
+
+def test_413_declared_shape_and_body(server: Server) -> None:
+    huge = {"inputs": {"input": {"dtype": "float32", "shape": [10**6, 10**6], "data": []}, "target": [1.0]}}
+    body = assert_problem(post(server, "/v1/losses/mse", json=huge), 413)
+    assert body["errors"][0]["loc"] == ["inputs", "input"]
+
+
+def test_415_content_type(server: Server) -> None:
+    assert_problem(post(server, "/v1/losses/mse", content=b"a,b", headers={"content-type": "text/csv"}), 415)
+
+
+@pytest.mark.parametrize(
+    ("body", "loc"),
+    [
+        ({"inputs": {"input": [[1.0, 2.0]], "target": [10**9]}}, ["inputs", "target"]),  # index out of range
+        ({"inputs": {"input": [[1.0, 2.0]], "target": [0, 1]}}, ["inputs", "target"]),  # wrong shape
+        ({"inputs": {"input": [[1.0, 2.0]], "target": [0.5]}}, ["inputs", "target"]),  # probs need input's shape
+        ({"inputs": {"input": [[1.0, 2.0]], "target": [0]}, "params": {"gamma": 1}}, ["params", "gamma"]),
+        ({"inputs": {"input": [[1.0, 2.0]], "target": [0]}, "params": {"reduction": "max"}}, ["params", "reduction"]),
+        ({"inputs": {"input": [[1.0, 2.0]], "target": [0], "extra": [1]}}, ["inputs", "extra"]),
+        ({"inputs": {"input": [[1.0, 2.0]]}}, ["inputs", "target"]),
+        ({"inputs": {"input": [[1.0, 2.0]], "target": [0]}, "grad": ["target"]}, ["grad", "target"]),
+        ({"inputs": {"input": [[1.0, 2.0]], "target": [0]}, "grad": ["weight"]}, ["grad", "weight"]),
+    ],
+)
+def test_422_field_errors(server: Server, body: dict, loc: list) -> None:
+    problem = assert_problem(post(server, "/v1/losses/cross_entropy", json=body), 422)
+    assert problem["errors"][0]["loc"] == loc
+    assert problem["errors"][0]["msg"]
+
+
+def test_process_still_serves_after_bad_index(server: Server) -> None:
+    for _ in range(3):
+        assert (
+            post(
+                server, "/v1/losses/cross_entropy", json={"inputs": {"input": [[1.0, 2.0]], "target": [-5]}}
+            ).status_code
+            == 422
+        )
+    assert post(server, "/v1/losses/cross_entropy", json=CE).status_code == 200
+
+
+def test_503_loss_without_configuration(server: Server) -> None:
+    body = assert_problem(
+        post(server, "/v1/losses/perceptual", json={"inputs": {"input": [[[[0.5]]]], "target": [[[[0.5]]]]}}), 503
+    )
+    assert "vgg16_weights" in body["detail"].lower() or "LOSSD_VGG16_WEIGHTS" in body["detail"]
+    info = httpx.get(server.url + "/v1/losses/perceptual").json()
+    assert info["available"] is False
+
+
+def test_504_deadline(server: Server) -> None:
+    r = post(server, "/v1/losses/cross_entropy", json=CE, headers={"X-Deadline-Ms": "0"})
+    assert_problem(r, 504)
+
+
+def test_binary_round_trip_and_accept(server: Server) -> None:
+    x = torch.randn(5, 4, dtype=torch.float64)
+    y = torch.randn(5, 4, dtype=torch.float64)
+    body = safetensors.torch.save(
+        {"input": x, "target": y}, metadata={"params": '{"reduction": "sum"}', "grad": '["input"]'}
+    )
+    r = post(server, "/v1/losses/l2", content=body, headers={"content-type": "application/x-safetensors"})
+    assert r.status_code == 200 and r.headers["content-type"] == "application/x-safetensors"
+    out = safetensors.torch.load(r.content)
+    ref = torch.nn.functional.mse_loss(x, y, reduction="sum")
+    assert out["value"].shape == () and out["value"].dtype == torch.float64
+    torch.testing.assert_close(out["value"], ref)
+    torch.testing.assert_close(out["grad.input"], 2 * (x - y))
+    from safetensors import safe_open  # metadata check through the library
+
+    import tempfile
+
+    with tempfile.NamedTemporaryFile(suffix=".safetensors") as f:
+        f.write(r.content)
+        f.flush()
+        with safe_open(f.name, "pt") as st:
+            assert st.metadata()["loss"] == "mse"
+    # A JSON request asking for a binary answer.
+    r = post(
+        server,
+        "/v1/losses/mse",
+        json={"inputs": {"input": [1.0, 2.0], "target": [0.0, 0.0]}},
+        headers={"accept": "application/x-safetensors"},
+    )
+    assert r.headers["content-type"] == "application/x-safetensors"
+    assert float(safetensors.torch.load(r.content)["value"]) == pytest.approx(2.5)
+
+
+def test_nan_travels_as_string(server: Server) -> None:
+    r = post(
+        server,
+        "/v1/losses/mse",
+        json={"inputs": {"input": [1.0, "NaN"], "target": [0.0, 0.0]}, "params": {"reduction": "none"}, "grad": True},
+    )
+    assert r.status_code == 200
+    assert b"NaN" in r.content and b"null" not in r.content
+    body = r.json()
+    assert body["value"]["data"] == [1.0, "NaN"]
+    r = post(server, "/v1/losses/mse", json={"inputs": {"input": ["Infinity"], "target": [0.0]}})
+    assert r.json()["value"] == "Infinity"
+
+
+def test_b64_encoding_response(server: Server) -> None:
+    r = post(
+        server,
+        "/v1/losses/mse",
+        json={
+            "inputs": {"input": [1.0, 3.0], "target": [0.0, 0.0]},
+            "params": {"reduction": "none"},
+            "encoding": "b64",
+        },
+    )
+    v = r.json()["value"]
+    assert v["dtype"] == "float32" and "b64" in v
+    import base64
+
+    assert torch.equal(
+        torch.frombuffer(bytearray(base64.b64decode(v["b64"])), dtype=torch.float32), torch.tensor([1.0, 9.0])
+    )
+
+
+def test_ops_endpoints(server: Server) -> None:
+    assert httpx.get(server.url + "/healthz").status_code == 200
+    assert httpx.get(server.url + "/readyz").json() == {"status": "ready"}
+    info = httpx.get(server.url + "/v1/info").json()
+    assert info["torch"] == torch.__version__ and info["devices"][0]["device"] == "cpu"
+    assert info["limits"]["max_tensor_elements"] > 0
+    post(server, "/v1/losses/cross_entropy", json=CE)
+    m = httpx.get(server.url + "/metrics")
+    assert m.status_code == 200
+    assert 'lossd_requests_total{endpoint="/v1/losses/{name}",loss="cross_entropy",status="200"}' in m.text
+    assert "lossd_request_duration_seconds_bucket" in m.text
+
+
+def test_catalogue(server: Server) -> None:
+    losses = httpx.get(server.url + "/v1/losses").json()["losses"]
+    by_name = {x["name"]: x for x in losses}
+    focal = by_name["focal"]
+    assert focal["aliases"] == ["softmax_focal"]
+    assert focal["params"]["properties"]["gamma"]["default"] == 2.0
+    assert focal["params"]["properties"]["reduction"]["default"] == "mean"
+    assert [i["name"] for i in focal["inputs"]] == ["input", "target"]
+    assert focal["inputs"][0]["differentiable"] is True and focal["inputs"][1]["differentiable"] is False
+    assert set(focal["reductions"]) == {"mean", "sum", "none"}
+    assert httpx.get(server.url + "/v1/losses/l2").json()["name"] == "mse"
+
+
+def test_openapi_describes_real_bodies_and_docs_are_offline(server: Server) -> None:
+    spec = httpx.get(server.url + "/openapi.json").json()
+    op = spec["paths"]["/v1/losses/{name}"]["post"]
+    assert op["requestBody"]["content"]["application/json"]["schema"]["$ref"].endswith("/LossRequest")
+    assert "application/x-safetensors" in op["requestBody"]["content"]
+    assert "inputs" in spec["components"]["schemas"]["LossRequest"]["properties"]
+    assert op["responses"]["422"]["content"]["application/problem+json"]
+    for page in ("/docs", "/redoc"):
+        html = httpx.get(server.url + page).text
+        assert "cdn" not in html.lower() and "unpkg" not in html.lower()
+        for src in [s.split('"')[1] for s in html.split("src=")[1:]]:
+            assert httpx.get(server.url + src).status_code == 200
+
+
+def test_batch_one_bad_call_fails_alone(server: Server) -> None:
+    calls = [
+        {"loss": "mse", "inputs": {"input": [1.0, 2.0], "target": [0.0, 0.0]}},
+        {"loss": "nope", "inputs": {}},
+        {"loss": "cross_entropy", "inputs": {"input": [[1.0, 2.0]], "target": [7]}},
+        {"loss": "focal", "inputs": CE["inputs"], "grad": True},
+    ]
+    r = post(server, "/v1/batch", json={"calls": calls})
+    assert r.status_code == 200
+    res = r.json()["results"]
+    assert res[0]["value"] == pytest.approx(2.5)
+    assert res[1]["error"]["status"] == 404
+    assert res[2]["error"]["status"] == 422
+    assert res[3]["loss"] == "focal" and res[3]["grads"]["input"]["shape"] == [2, 3]
+
+
+def test_composite_sums_weighted_terms(server: Server) -> None:
+    logits = torch.randn(4, 3, dtype=torch.float64)
+    target = torch.tensor([0, 2, 1, 1])
+    body = {
+        "inputs": {
+            "logits": {"dtype": "float64", "shape": [4, 3], "data": logits.flatten().tolist()},
+            "target": target.tolist(),
+        },
+        "terms": [
+            {"loss": "cross_entropy", "weight": 0.5, "inputs": {"input": "logits", "target": "target"}},
+            {
+                "loss": "focal",
+                "weight": 2.0,
+                "inputs": {"input": "logits", "target": "target"},
+                "params": {"gamma": 1.0},
+            },
+        ],
+        "grad": ["logits"],
+    }
+    r = post(server, "/v1/composite", json=body)
+    assert r.status_code == 200, r.text
+    out = r.json()
+    x = logits.clone().requires_grad_(True)
+    ce = torch.nn.functional.cross_entropy(x, target)
+    logp = torch.log_softmax(x, 1).gather(1, target[:, None]).squeeze(1)
+    fl = (-(1 - logp.exp()) * logp).mean()
+    total = 0.5 * ce + 2.0 * fl
+    total.backward()
+    assert out["terms"][0]["value"] == pytest.approx(float(ce)) and out["terms"][1]["value"] == pytest.approx(float(fl))
+    assert out["value"] == pytest.approx(float(total))
+    g = torch.tensor(out["grads"]["logits"]["data"], dtype=torch.float64).reshape(4, 3)
+    torch.testing.assert_close(g, x.grad)
+    bad = dict(body, terms=[*body["terms"], {"loss": "mse", "inputs": {"input": "logits", "target": "nothere"}}])
+    problem = assert_problem(post(server, "/v1/composite", json=bad), 422)
+    assert problem["errors"][0]["loc"][:2] == ["terms", 2]
+
+
+def test_401_403_429_with_keys_and_rate_limit() -> None:
+    env = {
+        "LOSSD_API_KEYS": json.dumps({"full": ["*"], "mse-only": ["mse"]}),
+        "LOSSD_RATE_LIMIT_PER_S": "0.5",
+        "LOSSD_RATE_LIMIT_BURST": "3",
+        "LOSSD_WARMUP": "false",
+    }
+    mse = {"inputs": {"input": [1.0], "target": [0.0]}}
+    with run_server(env) as s:
+        assert_problem(post(s, "/v1/losses/mse", json=mse), 401)
+        assert_problem(post(s, "/v1/losses/mse", json=mse, headers={"Authorization": "Bearer wrong"}), 401)
+        assert_problem(post(s, "/v1/losses/cross_entropy", json=CE, headers={"X-API-Key": "mse-only"}), 403)
+        assert post(s, "/v1/losses/mse", json=mse, headers={"X-API-Key": "mse-only"}).status_code == 200
+        statuses = [post(s, "/v1/losses/mse", json=mse, headers={"Authorization": "Bearer full"}) for _ in range(5)]
+        limited = [r for r in statuses if r.status_code == 429]
+        assert statuses[0].status_code == 200 and limited
+        assert int(limited[0].headers["retry-after"]) >= 1
+        assert_problem(limited[0], 429)
+        assert httpx.get(s.url + "/healthz").status_code == 200  # ops endpoints stay open
+
+
+def test_503_when_overloaded() -> None:
+    """Past max_concurrency admitted calls the server refuses at once with 503 + Retry-After."""
+    n = 2_000_000
+    x = torch.randn(n)
+    body = safetensors.torch.save({"input": x, "target": torch.zeros(n)}, metadata={"grad": "true"})
+    with run_server({"LOSSD_MAX_CONCURRENCY": "1", "LOSSD_WARMUP": "false"}) as s:
+
+        async def fire() -> list[httpx.Response]:
+            async with httpx.AsyncClient(timeout=120) as c:
+                return await asyncio.gather(
+                    *[
+                        c.post(
+                            s.url + "/v1/losses/mse",
+                            content=body,
+                            headers={"content-type": "application/x-safetensors"},
+                        )
+                        for _ in range(8)
+                    ]
+                )
+
+        rs = asyncio.run(fire())
+        codes = [r.status_code for r in rs]
+        assert 200 in codes and 503 in codes, codes
+        busy = next(r for r in rs if r.status_code == 503)
+        assert_problem(busy, 503)
+        assert busy.headers["retry-after"] == "1"
+        assert post(s, "/v1/losses/mse", json={"inputs": {"input": [2.0], "target": [0.0]}}).json()["value"] == 4.0
