@@ -8,7 +8,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from serverutil import Server, run_server  # noqa: E402
+from serverutil import Server, run_server
 
 
 @pytest.fixture(scope="session")

@@ -6,7 +6,6 @@ import asyncio
 import json
 
 import httpx
-import orjson
 import pytest
 import safetensors.torch
 import torch
@@ -139,9 +138,9 @@ def test_binary_round_trip_and_accept(server: Server) -> None:
     assert out["value"].shape == () and out["value"].dtype == torch.float64
     torch.testing.assert_close(out["value"], ref)
     torch.testing.assert_close(out["grad.input"], 2 * (x - y))
-    from safetensors import safe_open  # metadata check through the library
-
     import tempfile
+
+    from safetensors import safe_open  # metadata check through the library
 
     with tempfile.NamedTemporaryFile(suffix=".safetensors") as f:
         f.write(r.content)

@@ -342,6 +342,15 @@ def test_overlap_check_accepts_valid() -> None:
     check_overlap({"input": x * 10 - 5, "target": torch.rand(2, 3, 4)})
 
 
+def test_overlap_integer_onehot_message() -> None:
+    onehot = torch.nn.functional.one_hot(torch.tensor([[0, 1, 2, 2]]), 3).movedim(-1, 1)  # int64, like JSON infers
+    with pytest.raises(InputError) as e:
+        check_overlap({"input": torch.rand(1, 3, 4), "target": onehot})
+    assert e.value.loc == ("inputs", "target")
+    assert "floating dtype" in e.value.msg
+    check_overlap({"input": torch.rand(1, 3, 4), "target": onehot.float()})
+
+
 def test_overlap_out_of_range_message() -> None:
     with pytest.raises(InputError) as e:
         check_overlap({"input": torch.rand(2, 3, 4), "target": torch.tensor([[0, 1, 2, 3], [0, 0, 0, 0]])})

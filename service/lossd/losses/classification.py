@@ -83,8 +83,14 @@ def cross_entropy(
 def _check_cross_entropy(inputs: Mapping[str, Any], p: CrossEntropyParams) -> None:
     _check_class_target(inputs, p.ignore_index, allow_probs=True)
     t = inputs["target"]
-    if t.is_floating_point() and t.numel() and not bool(((t >= 0) & (t <= 1)).all()):
-        raise InputError(("inputs", "target"), "expected class probabilities in [0, 1]")
+    if t.is_floating_point():
+        if t.numel() and not bool(((t >= 0) & (t <= 1)).all()):
+            raise InputError(("inputs", "target"), "expected class probabilities in [0, 1]")
+        if p.ignore_index >= 0:  # torch raises for probability targets with a non-negative ignore_index
+            raise InputError(
+                ("params", "ignore_index"),
+                f"ignore_index={p.ignore_index} is not supported with probability targets (use a negative value)",
+            )
 
 
 CROSS_ENTROPY = LossSpec(
@@ -473,8 +479,9 @@ def kl_div(
 
     Pointwise ``t * (log t - x)`` (``0`` where ``t == 0``), or ``exp(t) * (t - x)`` when
     ``log_target``; ``x`` holds log-probabilities. ``batchmean`` divides the sum by
-    ``input.shape[0]``, ``mean`` by the element count. Unlike torch, a zero target gives a
-    finite target gradient (``-x``: the term ``0 * log 0`` is taken as the constant 0) instead of NaN.
+    ``input.shape[0]`` (of a 0-d input: the sum), ``mean`` by the element count. Where ``t == 0``
+    the term is the constant 0: its target gradient is 0 (the one-sided derivative is -inf;
+    torch gives NaN) and a ``-inf`` log-probability there gives 0, not NaN.
     """
     if log_target:
         loss = torch.exp(target) * (target - input)

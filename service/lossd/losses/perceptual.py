@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import torch
 from pydantic import Field, field_validator, model_validator
@@ -43,7 +43,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 class PerceptualParams(Reduced):
     layers: list[VGGLayer] = Field(default_factory=lambda: list(DEFAULT_LAYERS), min_length=1)  # type: ignore[arg-type]
-    layer_weights: list[float] | None = Field(None, min_length=1, allow_inf_nan=False)
+    layer_weights: list[Annotated[float, Field(allow_inf_nan=False)]] | None = Field(None, min_length=1)
     distance: Literal["l2", "l1"] = "l2"
     normalize: bool = True
 

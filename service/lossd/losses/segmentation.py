@@ -158,6 +158,12 @@ def _check_overlap(inputs: Mapping[str, Any], p: DiceParams) -> None:
             )
         require_unit_interval(t, "target", "target probabilities / one-hot values")
     else:
+        if t.shape == x.shape:
+            raise InputError(
+                ("inputs", "target"),
+                f"an integer target is read as class indices (N,...) and cannot have the input's shape "
+                f"{shape_str(x)}; send one-hot / probability targets with a floating dtype",
+            )
         require_shape(t, "target", (x.shape[0], *x.shape[2:]), "of integer class indices (N,...)")
         require_indices(t, "target", num_classes)
 
