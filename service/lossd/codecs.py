@@ -306,7 +306,7 @@ def read_safetensors(body: bytearray, limits: Limits) -> tuple[dict[str, torch.T
         loc = ("inputs", name)
         if not isinstance(info, dict) or info.get("dtype") not in ST_DTYPES:
             raise _bad(loc, f"unsupported safetensors dtype {info.get('dtype') if isinstance(info, dict) else info!r}")
-        shape = info.get("shape")
+        shape: list[int] = info["shape"] if "shape" in info else None  # type: ignore[assignment]  # checked by _numel
         numel = _numel(shape, loc)
         if numel > limits.max_elements:
             raise _too_large(loc, numel, limits)

@@ -190,9 +190,9 @@ class Engine:
         dtype = _compute_dtype([v for k, v in inputs.items() if self._floating_kind(spec, k)])
         converted: dict[str, JSONTensor] = {}
         for name, t in inputs.items():
-            inp = spec.input(name)
-            assert inp is not None
-            converted[name] = convert(inp, t, dtype)
+            spec_in = spec.input(name)
+            assert spec_in is not None
+            converted[name] = convert(spec_in, t, dtype)
         grad_dtypes: dict[str, torch.dtype] = {}
         for name in g:
             orig = inputs[name]
@@ -306,9 +306,9 @@ class Engine:
     def _run_composite(self, comp: Composite) -> CompositeResult:
         leaves: dict[str, torch.Tensor] = {}
         for name in comp.grad:
-            t = comp.shared[name]
-            dtype = torch.float64 if t.dtype == torch.float64 else torch.float32
-            leaves[name] = t.to(self.device, dtype).requires_grad_(True)
+            src = comp.shared[name]
+            dtype = torch.float64 if src.dtype == torch.float64 else torch.float32
+            leaves[name] = src.to(self.device, dtype).requires_grad_(True)
         ctx = torch.inference_mode() if not leaves else contextlib.nullcontext()
         with ctx:
             total: torch.Tensor | None = None
