@@ -367,10 +367,10 @@ def balanced_binary_cross_entropy(
     are 0. ``mean`` averages over all elements; ``none`` has the input's shape.
     """
     if beta is None:
-        if input.dim() == 0:
+        if input.dim() <= 1:  # one element per sample
             b = 1.0 - target
         else:
-            frac_zero = (1.0 - target).reshape(target.shape[0], -1).mean(dim=1)
+            frac_zero = (1.0 - target).flatten(1).mean(dim=1)
             b = frac_zero.reshape((-1,) + (1,) * (input.dim() - 1))
         loss = b * target * F.softplus(-input) + (1.0 - b) * (1.0 - target) * F.softplus(input)
     else:
