@@ -162,7 +162,9 @@ class VGG16Features:
         found = self._nets.get(dtype)
         if found is not None:
             return found
-        with self._lock:
+        # Normal (not inference-mode) tensors, also when first asked for inside torch.inference_mode():
+        # the weights are saved for backward by later calls that need gradients.
+        with self._lock, torch.inference_mode(False), torch.no_grad():
             found = self._nets.get(dtype)
             if found is None:
                 src = self._nets[torch.float32]
