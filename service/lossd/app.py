@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
+import os
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import orjson
@@ -15,6 +16,7 @@ from fastapi.responses import Response
 from fastapi_offline import FastAPIOffline
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import lossd
@@ -40,6 +42,9 @@ class RequestContext:
     def __init__(self, app: ASGIApp, service: Service) -> None:
         self.app = app
         self.service = service
+        # Unique per process and cheap: uuid4 per request costs a getrandom syscall.
+        self._prefix = os.urandom(8).hex()
+        self._ids = itertools.count(1)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -50,7 +55,7 @@ class RequestContext:
             if k == b"x-request-id":
                 rid = v.decode("latin-1")[:200]
                 break
-        rid = rid or uuid.uuid4().hex
+        rid = rid or f"{self._prefix}-{next(self._ids):x}"
         state = scope.setdefault("state", {})
         state["request_id"] = rid
         started = False
@@ -74,8 +79,9 @@ class RequestContext:
                     Problem(500, "internal error; the request id identifies it in the server log"), rid
                 )(scope, receive, send_with_id)
         finally:
-            route = scope.get("route")
-            endpoint = getattr(route, "path", "other")
+            # FastAPI routes leave themselves in the scope; the Starlette compute routes name
+            # their endpoint in the request state.
+            endpoint = state.get("endpoint") or getattr(scope.get("route"), "path", "other")
             self.service.metrics.observe(endpoint, state.get("loss", ""), status, time.perf_counter() - t0)
 
 
@@ -169,25 +175,28 @@ def create_app(settings: Settings | None = None, service: Service | None = None)
         body = await read_body(request, settings.max_body_bytes)
         return Response(await run(body, key, deadline), media_type=JSON)
 
-    @app.post("/v1/losses/{name}", tags=["losses"], summary="Compute one loss", operation_id="compute")
-    async def compute(name: str, request: Request) -> Response:
-        """Value and, on request, gradients of one loss. JSON or safetensors in and out."""
-        return await loss_call(request, name)
+    # The three compute endpoints are plain Starlette routes: FastAPI's parameter solving
+    # costs more than the whole small-call path, and their bodies (JSON or safetensors) are
+    # decoded by the codecs anyway. Their OpenAPI entries come from lossd.openapi.
+    async def compute(request: Request) -> Response:
+        request.state.endpoint = "/v1/losses/{name}"
+        return await loss_call(request, request.path_params["name"])
 
-    @app.post("/v1/batch", tags=["losses"], summary="Several loss calls at once", operation_id="batch")
     async def batch(request: Request) -> Response:
-        """Results in order; each is a loss result or ``{"error": problem}``."""
+        request.state.endpoint = "/v1/batch"
         return await multi_call(request, svc.batch)
 
-    @app.post(
-        "/v1/composite",
-        tags=["losses"],
-        summary="A weighted sum of losses over shared tensors",
-        operation_id="composite",
-    )
     async def composite(request: Request) -> Response:
-        """Gradients are those of the weighted sum, per shared tensor."""
+        request.state.endpoint = "/v1/composite"
         return await multi_call(request, svc.composite)
+
+    app.router.routes.extend(
+        [
+            Route("/v1/losses/{name}", compute, methods=["POST"]),
+            Route("/v1/batch", batch, methods=["POST"]),
+            Route("/v1/composite", composite, methods=["POST"]),
+        ]
+    )
 
     @app.get("/v1/losses", tags=["catalogue"], summary="The loss catalogue", operation_id="list_losses")
     async def list_losses(request: Request) -> Response:

@@ -70,28 +70,58 @@ def build_openapi(app: FastAPI) -> dict[str, Any]:
     binary = {"schema": {"type": "string", "format": "binary", "description": "A safetensors file (see api.md)"}}
     paths = schema["paths"]
     ce = EXAMPLES["cross_entropy"]
-    ops: dict[tuple[str, str], tuple[str | None, str, bool]] = {
-        ("/v1/losses/{name}", "post"): ("LossRequest", "LossResponse", True),
-        ("/v1/batch", "post"): ("BatchRequest", "BatchResponse", False),
-        ("/v1/composite", "post"): ("CompositeRequest", "CompositeResponse", False),
-        ("/v1/losses", "get"): (None, "LossList", False),
-        ("/v1/losses/{name}", "get"): (None, "LossInfo", False),
-        ("/v1/info", "get"): (None, "Info", False),
+    name_param = {
+        "name": "name",
+        "in": "path",
+        "required": True,
+        "schema": {"type": "string"},
+        "description": "Loss name or alias (GET /v1/losses lists them)",
     }
-    for (path, method), (req, resp, st) in ops.items():
-        op = paths[path][method]
-        if req is not None:
-            example = {"inputs": ce["inputs"], "params": {"reduction": "mean"}, "grad": ["input"]} if st else None
-            content = {"application/json": _json_body(req, example)}
-            if st:
-                content["application/x-safetensors"] = binary
-            op["requestBody"] = {"required": True, "content": content}
-        ok = {"application/json": {"schema": _ref(resp)}}
+    deadline_param = {
+        "name": "X-Deadline-Ms",
+        "in": "header",
+        "required": False,
+        "schema": {"type": "integer", "minimum": 0},
+        "description": "Answer 504 if the call has not started within this many milliseconds",
+    }
+    # The compute endpoints are plain Starlette routes (see lossd.app): describe them here.
+    posts = {
+        "/v1/losses/{name}": ("compute", "Compute one loss", "LossRequest", "LossResponse", True),
+        "/v1/batch": (
+            "batch",
+            "Several loss calls at once; one bad call fails alone",
+            "BatchRequest",
+            "BatchResponse",
+            False,
+        ),
+        "/v1/composite": (
+            "composite",
+            "A weighted sum of losses over shared tensors, with the gradients of the sum",
+            "CompositeRequest",
+            "CompositeResponse",
+            False,
+        ),
+    }
+    for path, (op_id, summary, req, resp, st) in posts.items():
+        example = {"inputs": ce["inputs"], "params": {"reduction": "mean"}, "grad": ["input"]} if st else None
+        content = {"application/json": _json_body(req, example)}
+        ok: dict[str, Any] = {"application/json": {"schema": _ref(resp)}}
         if st:
+            content["application/x-safetensors"] = binary
             ok["application/x-safetensors"] = binary
-        op["responses"] = {"200": {"description": "Success", "content": ok}, **(_errors() if method == "post" else {})}
-        if path == "/v1/losses/{name}" and method == "get":
-            op["responses"]["404"] = _errors()["404"]
+        paths.setdefault(path, {})["post"] = {
+            "tags": ["losses"],
+            "summary": summary,
+            "operationId": op_id,
+            "parameters": ([name_param] if st else []) + [deadline_param],
+            "requestBody": {"required": True, "content": content},
+            "responses": {"200": {"description": "Success", "content": ok}, **_errors()},
+        }
+    gets = {"/v1/losses": "LossList", "/v1/losses/{name}": "LossInfo", "/v1/info": "Info"}
+    for path, resp in gets.items():
+        op = paths[path]["get"]
+        op["responses"] = {"200": {"description": "Success", "content": {"application/json": {"schema": _ref(resp)}}}}
+    paths["/v1/losses/{name}"]["get"]["responses"]["404"] = _errors()["404"]
     paths["/readyz"]["get"]["responses"]["503"] = _errors()["503"]
     paths["/metrics"]["get"]["responses"]["200"] = {
         "description": "Prometheus text format",

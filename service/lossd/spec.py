@@ -177,6 +177,9 @@ def require_indices(t: torch.Tensor, name: str, num_classes: int, ignore_index: 
     """Class indices in [0, num_classes), other than ignore_index."""
     if t.numel() == 0:
         return
+    lo, hi = torch.aminmax(t)
+    if lo >= 0 and hi < num_classes:  # the common case, in one pass
+        return
     valid = (t >= 0) & (t < num_classes)
     if ignore_index is not None:
         valid |= t == ignore_index
