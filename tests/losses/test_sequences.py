@@ -161,7 +161,7 @@ def test_ctc_grad_large_entries_is_accurate() -> None:
     il = case["input_lengths"]
     for n in range(3):
         torch.testing.assert_close(g[: il[n], n].sum(dim=1), torch.full((int(il[n]),), -1.0, dtype=x.dtype))
-    assert bool((g <= 0).all())
+    assert bool((g <= 1e-12).all())  # minus an occupancy (up to rounding)
 
 
 def test_ctc_log_minus_inf_entries_give_zero_not_nan() -> None:
