@@ -155,6 +155,10 @@ class Engine:
     def __init__(self, catalogue: Catalogue, device: torch.device, settings: Any, threads: int = 1) -> None:
         self.catalogue = catalogue
         self.device = device
+        if device.type == "cuda":
+            # Exact, reproducible values: TF32 convolutions and matmuls are off by 1e-3 relative.
+            torch.backends.cudnn.allow_tf32 = False
+            torch.backends.cuda.matmul.allow_tf32 = False
         self.executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix=f"lossd-{device}")
         self.inflight = 0
         self.calls = 0
