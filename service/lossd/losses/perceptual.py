@@ -42,7 +42,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class PerceptualParams(Reduced):
-    layers: list[VGGLayer] = Field(default_factory=lambda: list(DEFAULT_LAYERS), min_length=1)  # type: ignore[arg-type]
+    layers: list[VGGLayer] = Field(default=list(DEFAULT_LAYERS), min_length=1)  # type: ignore[arg-type]
     layer_weights: list[Annotated[float, Field(allow_inf_nan=False)]] | None = Field(None, min_length=1)
     distance: Literal["l2", "l1"] = "l2"
     normalize: bool = True
