@@ -34,3 +34,29 @@ class Settings(BaseSettings):
     vgg16_weights: Path | None = Field(None, description="safetensors file of torchvision vgg16().features weights.")
     warmup: bool = Field(True, description="Run every loss once on the device before /readyz turns 200.")
     log_level: str = Field("info", description="uvicorn log level.")
+    # Scale-out and shutdown (see deploy/README.md).
+    cpu_engines: int = Field(1, gt=0, description="CPU engines that device=all starts on a machine without CUDA.")
+    shutdown_grace_s: float = Field(
+        30.0, ge=0, description="On SIGTERM: refuse new calls, wait this long for calls in flight, then exit."
+    )
+    ray_address: str | None = Field(
+        None, description="serve --ray: Ray cluster to join (auto, ray://host:10001); unset starts a local one."
+    )
+    ray_min_replicas: int = Field(1, ge=0, description="serve --ray: fewest replicas the autoscaler keeps.")
+    ray_max_replicas: int = Field(1, gt=0, description="serve --ray: most replicas (one per GPU: the GPU count).")
+    ray_gpus_per_replica: float | None = Field(
+        None, ge=0, description="serve --ray: GPUs per replica; unset: 1 where the cluster has GPUs, else 0."
+    )
+    ray_cpus_per_replica: float = Field(1.0, ge=0, description="serve --ray: CPUs reserved per replica.")
+    ray_target_ongoing_requests: float = Field(
+        4.0, gt=0, description="serve --ray: calls in flight per replica the autoscaler aims at."
+    )
+
+
+def markdown_table() -> str:
+    """The README's configuration table, generated so that it cannot drift from the settings."""
+    rows = ["| variable | default | meaning |", "|---|---|---|"]
+    for name, f in Settings.model_fields.items():
+        default = f.default_factory() if f.default_factory is not None else f.default  # type: ignore[call-arg]
+        rows.append(f"| `LOSSD_{name.upper()}` | `{default!r}` | {f.description} |")
+    return "\n".join(rows)
