@@ -1,0 +1,145 @@
+"""Engine and dispatcher units: conversion, inference mode, OOM and runtime failures, admission control."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from dataclasses import replace
+
+import pytest
+import torch
+
+from lossd.engine import Dispatcher, Engine
+from lossd.errors import Problem
+from lossd.losses import default_catalogue
+from lossd.settings import Settings
+
+CAT = default_catalogue()
+
+
+@pytest.fixture(scope="module")
+def engine() -> Engine:
+    return Engine(CAT, torch.device("cpu"), Settings(warmup=False))
+
+
+def ce_inputs(dtype: torch.dtype = torch.float32) -> dict:
+    return {"input": torch.randn(4, 3).to(dtype), "target": torch.tensor([0, 1, 2, 1])}
+
+
+def test_half_precision_computes_in_float32_and_grads_in_input_dtype(engine: Engine) -> None:
+    spec = CAT.get("cross_entropy")
+    assert spec is not None
+    call = engine.prepare(spec, ce_inputs(torch.float16), {}, True)
+    assert call.inputs["input"].dtype == torch.float32  # type: ignore[union-attr]
+    r = engine.run(call)
+    assert r.value.dtype == torch.float32 and r.grads["input"].dtype == torch.float16
+
+
+def test_float64_anywhere_computes_in_float64(engine: Engine) -> None:
+    spec = CAT.get("mse")
+    assert spec is not None
+    call = engine.prepare(spec, {"input": torch.randn(3), "target": torch.randn(3, dtype=torch.float64)}, {}, ["input"])
+    r = engine.run(call)
+    assert r.value.dtype == torch.float64 and r.grads["input"].dtype == torch.float32
+
+
+def test_calls_without_grad_run_in_inference_mode(engine: Engine) -> None:
+    seen: list[bool] = []
+    spec = CAT.get("mse")
+    assert spec is not None
+
+    def probe(input: torch.Tensor, target: torch.Tensor, **_: object) -> torch.Tensor:
+        seen.append(torch.is_inference_mode_enabled())
+        return (input - target).pow(2).mean()
+
+    probe_spec = replace(spec, fn=probe)
+    engine.run(engine.prepare(probe_spec, {"input": torch.ones(2), "target": torch.zeros(2)}, {}, False))
+    engine.run(engine.prepare(probe_spec, {"input": torch.ones(2), "target": torch.zeros(2)}, {}, True))
+    assert seen == [True, False]
+
+
+def test_out_of_memory_is_503_and_engine_keeps_working(engine: Engine) -> None:
+    spec = CAT.get("mse")
+    assert spec is not None
+
+    def oom(**_: object) -> torch.Tensor:
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 80.00 GiB")
+
+    with pytest.raises(Problem) as e:
+        engine.run(engine.prepare(replace(spec, fn=oom), {"input": torch.ones(2), "target": torch.zeros(2)}, {}, False))
+    assert e.value.status == 503 and e.value.headers["Retry-After"]
+    r = engine.run(engine.prepare(spec, {"input": torch.ones(2), "target": torch.zeros(2)}, {}, False))
+    assert float(r.value) == 1.0
+
+
+def test_unexpected_runtime_error_is_422_not_500(engine: Engine) -> None:
+    spec = CAT.get("mse")
+    assert spec is not None
+
+    def broken(**_: object) -> torch.Tensor:
+        raise RuntimeError("The size of tensor a (3) must match the size of tensor b (2)")
+
+    with pytest.raises(Problem) as e:
+        engine.run(
+            engine.prepare(replace(spec, fn=broken), {"input": torch.ones(2), "target": torch.zeros(2)}, {}, False)
+        )
+    assert e.value.status == 422 and "size of tensor" in e.value.detail
+
+
+def test_index_dtype_rules(engine: Engine) -> None:
+    spec = CAT.get("focal")
+    assert spec is not None
+    with pytest.raises(Problem) as e:
+        engine.prepare(spec, {"input": torch.randn(2, 3), "target": torch.tensor([0.0, 1.0])}, {}, False)
+    assert e.value.status == 422 and e.value.errors and e.value.errors[0]["loc"] == ["inputs", "target"]
+    call = engine.prepare(
+        spec, {"input": torch.randn(2, 3), "target": torch.tensor([0, 1], dtype=torch.int32)}, {}, False
+    )
+    assert call.inputs["target"].dtype == torch.int64  # type: ignore[union-attr]
+
+
+def test_unknown_param_is_422(engine: Engine) -> None:
+    spec = CAT.get("mse")
+    assert spec is not None
+    with pytest.raises(Problem) as e:
+        engine.prepare(spec, {"input": torch.ones(1), "target": torch.ones(1)}, {"gama": 2}, False)
+    assert e.value.status == 422 and e.value.errors and e.value.errors[0]["loc"] == ["params", "gama"]
+
+
+def test_dispatcher_bounds_admission_and_balances() -> None:
+    engines = [Engine(CAT, torch.device("cpu"), Settings(warmup=False)) for _ in range(2)]
+    d = Dispatcher(engines, max_concurrency=2, retry_after_s=3)
+    gate = threading.Event()
+    used: list[int] = []
+
+    def hold(engine: Engine) -> int:
+        used.append(id(engine))
+        gate.wait(5)
+        return 1
+
+    async def scenario() -> None:
+        deadline = time.monotonic() + 10
+        a = asyncio.ensure_future(d.submit(hold, deadline=deadline))
+        b = asyncio.ensure_future(d.submit(hold, deadline=deadline))
+        await asyncio.sleep(0.05)
+        with pytest.raises(Problem) as e:
+            await d.submit(hold, deadline=deadline)
+        assert e.value.status == 503 and e.value.headers["Retry-After"] == "3"
+        gate.set()
+        assert await a == 1 and await b == 1
+        assert d.admitted == 0 and all(e.inflight == 0 for e in engines)
+
+    asyncio.run(scenario())
+    assert len(set(used)) == 2  # the two calls went to the two engines
+
+
+def test_deadline_passed_before_run_is_504() -> None:
+    d = Dispatcher([Engine(CAT, torch.device("cpu"), Settings(warmup=False))], 4, 1)
+
+    async def scenario() -> None:
+        with pytest.raises(Problem) as e:
+            await d.submit(lambda engine: 1, deadline=time.monotonic() - 1)
+        assert e.value.status == 504
+
+    asyncio.run(scenario())
