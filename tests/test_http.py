@@ -292,6 +292,7 @@ def test_401_403_429_with_keys_and_rate_limit() -> None:
         "LOSSD_RATE_LIMIT_PER_S": "0.5",
         "LOSSD_RATE_LIMIT_BURST": "3",
         "LOSSD_WARMUP": "false",
+        "LOSSD_MAX_BODY_BYTES": "4096",
     }
     mse = {"inputs": {"input": [1.0], "target": [0.0]}}
     with run_server(env) as s:
@@ -299,6 +300,8 @@ def test_401_403_429_with_keys_and_rate_limit() -> None:
         assert_problem(post(s, "/v1/losses/mse", json=mse, headers={"Authorization": "Bearer wrong"}), 401)
         assert_problem(post(s, "/v1/losses/cross_entropy", json=CE, headers={"X-API-Key": "mse-only"}), 403)
         assert post(s, "/v1/losses/mse", json=mse, headers={"X-API-Key": "mse-only"}).status_code == 200
+        big = {"inputs": {"input": [1.0] * 2000, "target": [0.0] * 2000}}
+        assert_problem(post(s, "/v1/losses/mse", json=big, headers={"X-API-Key": "mse-only"}), 413)
         statuses = [post(s, "/v1/losses/mse", json=mse, headers={"Authorization": "Bearer full"}) for _ in range(5)]
         limited = [r for r in statuses if r.status_code == 429]
         assert statuses[0].status_code == 200 and limited
