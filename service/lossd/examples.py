@@ -8,6 +8,9 @@ _L = [[1.2, -0.3, 0.5], [0.1, 0.9, -1.1]]  # (2,3) logits
 _HM = [[[[0.2, -1.0], [0.5, 1.5]]]]  # (1,1,2,2)
 _HM_T = [[[[0.0, 0.3], [0.6, 1.0]]]]
 _IMG = [[[[0.1, 0.5, 0.9], [0.3, 0.2, 0.7], [0.4, 0.6, 0.8]]] * 3]  # (1,3,3,3)
+# perceptual's default layers reach relu4_3, behind three 2x2 poolings: 8x8 is the smallest image.
+_IMG8 = [[[[((i * 8 + j) % 7) / 7 for j in range(8)] for i in range(8)]] * 3]
+_IMG8_T = [[[[((i * 8 + j) % 5) / 5 for j in range(8)] for i in range(8)]] * 3]
 
 EXAMPLES: dict[str, dict[str, Any]] = {
     "cross_entropy": {"inputs": {"input": _L, "target": [0, 2]}},
@@ -63,7 +66,7 @@ EXAMPLES: dict[str, dict[str, Any]] = {
     "dice": {"inputs": {"input": [[[[0.2, 0.8]], [[0.8, 0.2]]]], "target": [[[0, 1]]]}},
     "tversky": {"inputs": {"input": [[[[0.2, 0.8]], [[0.8, 0.2]]]], "target": [[[0, 1]]]}},
     "total_variation": {"inputs": {"input": _IMG}},
-    "perceptual": {"inputs": {"input": _IMG, "target": _IMG}},
+    "perceptual": {"inputs": {"input": _IMG8, "target": _IMG8_T}},
     "contrastive": {"inputs": {"x1": [[0.1, 0.2], [0.5, -0.3]], "x2": [[0.0, 0.4], [0.9, 0.1]], "label": [1, 0]}},
     "triplet_margin": {
         "inputs": {
