@@ -20,6 +20,7 @@ import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
@@ -162,7 +163,7 @@ class _Core:
             binary = self.binary
         if binary is None:
             binary = sum(t.nbytes for t in tensors.values()) > self.binary_threshold
-        path = f"/v1/losses/{name}"
+        path = f"/v1/losses/{quote(name, safe='')}"
         value_dtype = _wire.float_dtype(wire)
         if binary and not has_text:
             meta = {"params": _wire.dumps(dict(params)).decode(), "grad": _wire.dumps(grad_json).decode()}
@@ -389,7 +390,9 @@ class LossClient(_Core, LossMethods):
 
     def loss_info(self, name: str) -> LossInfo:
         """One catalogue entry, by name or alias (:class:`LossNotFound` when unknown)."""
-        return LossInfo.model_validate(self._send(_Request("GET", f"/v1/losses/{name}", loss_path=True)).json())
+        return LossInfo.model_validate(
+            self._send(_Request("GET", f"/v1/losses/{quote(name, safe='')}", loss_path=True)).json()
+        )
 
     def info(self) -> dict[str, Any]:
         """Server version, devices and the limits in force."""
@@ -501,7 +504,9 @@ class AsyncLossClient(_Core, AsyncLossMethods):
 
     async def loss_info(self, name: str) -> LossInfo:
         """One catalogue entry, by name or alias."""
-        return LossInfo.model_validate((await self._send(_Request("GET", f"/v1/losses/{name}", loss_path=True))).json())
+        return LossInfo.model_validate(
+            (await self._send(_Request("GET", f"/v1/losses/{quote(name, safe='')}", loss_path=True))).json()
+        )
 
     async def info(self) -> dict[str, Any]:
         """Server version, devices and the limits in force."""
