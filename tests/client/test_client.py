@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import DOC_URL, README
+from clientutil import DOC_URL, README
 
 import lossd_client
 from lossd_client import AsyncLossClient, Call, LossClient, LossInfo, LossNotFound, Term, Unavailable, ValidationError

@@ -8,7 +8,7 @@ import time
 import httpx
 import numpy as np
 import pytest
-from conftest import DROP, MSE_OK, Stub, problem
+from clientutil import DROP, MSE_OK, Stub, problem
 from serverutil import Server
 
 from lossd_client import (
