@@ -206,7 +206,7 @@ class Engine:
             try:
                 spec.check(converted, p)
             except InputError as e:
-                raise field_error(e.loc, e.msg) from None
+                raise field_error(e.loc, e.msg, e.status) from None
         return Call(spec, p, converted, g, grad_dtypes)
 
     @staticmethod

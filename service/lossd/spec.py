@@ -42,10 +42,11 @@ class InputError(Exception):
     ``loc`` follows api.md: ``("inputs", "target")`` or ``("params", "gamma")``.
     """
 
-    def __init__(self, loc: Sequence[str | int], msg: str) -> None:
+    def __init__(self, loc: Sequence[str | int], msg: str, status: int = 422) -> None:
         super().__init__(msg)
         self.loc = tuple(loc)
         self.msg = msg
+        self.status = status  # 413 for work over a size limit, else 422
 
 
 class Params(BaseModel):

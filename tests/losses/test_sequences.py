@@ -410,3 +410,14 @@ def test_edit_distance_check_rejects(inputs: dict, loc: tuple) -> None:
     with pytest.raises(InputError) as e:
         _ed_check(inputs)
     assert e.value.loc == loc
+
+
+def test_edit_distance_work_is_bounded() -> None:
+    from lossd.losses.sequences import MAX_EDIT_CELLS
+
+    assert EDIT_DISTANCE.check is not None
+    long = "a" * 20_000
+    with pytest.raises(InputError) as e:
+        EDIT_DISTANCE.check({"hypothesis": [long], "truth": [long]}, EditDistanceParams())
+    assert e.value.status == 413 and str(MAX_EDIT_CELLS) in e.value.msg
+    EDIT_DISTANCE.check({"hypothesis": ["a" * 1000], "truth": ["b" * 1000]}, EditDistanceParams())

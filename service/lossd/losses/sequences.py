@@ -230,6 +230,17 @@ def edit_distance(
     return dist
 
 
+MAX_EDIT_CELLS = 200_000_000  # about a second of work on one core
+
+
+def _rows(x: Any) -> list[Any]:
+    return list(x) if not isinstance(x, torch.Tensor) else [x.shape[1]] * int(x.shape[0])
+
+
+def _length(row: Any) -> int:
+    return row if isinstance(row, int) else len(row)
+
+
 def _text_count(x: Any, name: str) -> int:
     """Validate one text input and return its number of sequences N."""
     if isinstance(x, torch.Tensor):
@@ -252,6 +263,15 @@ def _check_edit_distance(inputs: Mapping[str, Any], _p: EditDistanceParams) -> N
         )
     if n_h != n_t:
         raise InputError(("inputs", "truth"), f"expected {n_h} sequences (as many as hypothesis), got {n_t}")
+    # Levenshtein costs len(h)*len(t) per pair: bound the work one call can hold the host for.
+    cells = sum(_length(h) * _length(t) for h, t in zip(_rows(hyp), _rows(tru)))
+    if cells > MAX_EDIT_CELLS:
+        raise InputError(
+            ("inputs", "truth"),
+            f"{cells} dynamic-programming cells (sum of len(hypothesis)*len(truth)) is over the limit of "
+            f"{MAX_EDIT_CELLS} per call; split the call",
+            status=413,
+        )
     for name, seqs in (("hypothesis", hyp), ("truth", tru)):
         lengths = inputs.get(f"{name}_lengths")
         if lengths is None:
