@@ -27,6 +27,7 @@ lint: setup
 
 typecheck: setup
 	$(VENV)/bin/mypy service
+	$(VENV)/bin/mypy --strict client/lossd_client
 
 pytest: setup
 	$(PY) -m pytest
