@@ -1,0 +1,1 @@
+"""lossd benchmarks: ``python -m bench`` (see bench/README.md)."""

@@ -1,0 +1,1 @@
+"""Services lossd is compared with: what a user would write instead, and the HTTP ceiling."""
