@@ -17,24 +17,44 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
     s = sub.add_parser("serve", help="start the HTTP server")
     s.add_argument("--host", help="address to bind (default 127.0.0.1, or LOSSD_HOST)")
     s.add_argument("--port", type=int, help="port (default 8000, or LOSSD_PORT)")
-    s.add_argument("--device", help="auto|cpu|cuda|cuda:N (default auto, or LOSSD_DEVICE)")
+    s.add_argument(
+        "--devices",
+        "--device",
+        dest="device",
+        help="auto, all, or a comma list such as cuda:0,cuda:1 or cpu,cpu: one engine each (LOSSD_DEVICE)",
+    )
+    s.add_argument("--cpu-engines", type=int, help="CPU engines for --devices all without CUDA (LOSSD_CPU_ENGINES)")
     s.add_argument("--max-concurrency", type=int, help="calls admitted at once before 503")
+    s.add_argument("--shutdown-grace-s", type=float, help="on SIGTERM, seconds to finish calls in flight")
     s.add_argument("--log-level", help="uvicorn log level")
+    r = s.add_argument_group("cluster", "run on Ray Serve instead of one process (needs ray[serve])")
+    r.add_argument("--ray", action="store_true", default=None, help="deploy on Ray Serve; --host/--port: its proxy")
+    r.add_argument("--ray-address", help="Ray cluster to join (auto, ray://head:10001); default: start one")
+    r.add_argument("--ray-min-replicas", type=int, help="fewest replicas (LOSSD_RAY_MIN_REPLICAS)")
+    r.add_argument("--ray-max-replicas", type=int, help="most replicas, e.g. the GPU count (LOSSD_RAY_MAX_REPLICAS)")
+    r.add_argument("--ray-gpus-per-replica", type=float, help="GPUs per replica (default 1 with GPUs, else 0)")
     return p.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse(argv)
-    overrides = {k: v for k, v in vars(args).items() if k != "command" and v is not None}
+    ray = bool(args.ray)
+    overrides = {k: v for k, v in vars(args).items() if k not in ("command", "ray") and v is not None}
     settings = Settings(**overrides)
+    if ray:
+        from lossd.ray_serve import serve_on_ray
+
+        return serve_on_ray(settings)
+
     from lossd.app import create_app
+    from lossd.shutdown import GracefulServer
 
     try:
         app = create_app(settings)
     except ValueError as e:
         print(f"lossd: {e}", file=sys.stderr)
         return 2
-    uvicorn.run(
+    config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
@@ -42,8 +62,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         access_log=False,
         loop="uvloop",
         http="httptools",
+        # The grace period is spent draining before uvicorn's own shutdown starts; this bounds what is left after it.
+        timeout_graceful_shutdown=1,
     )
-    return 0
+    server = GracefulServer(config, app.state.service, settings.shutdown_grace_s)
+    server.run()
+    return 1 if server.cut_short else 0
 
 
 if __name__ == "__main__":

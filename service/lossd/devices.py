@@ -1,0 +1,50 @@
+"""Several engines in one process: which devices ``--devices`` names, and per-device metrics."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from lossd.metrics import Metrics
+
+
+def expand_devices(spec: str, cpu_engines: int = 1) -> list[str]:
+    """The device list for one engine each: ``all``, or a comma list (``cuda:0,cuda:1``, ``cpu,cpu``).
+
+    ``all`` is every CUDA device, or ``cpu_engines`` CPU engines where there is none. Repeated
+    ``cpu`` entries become ``cpu:0, cpu:1, ...`` (the same host memory for torch) so that each
+    engine has its own label in /v1/info and /metrics; a lone ``cpu`` stays ``cpu``.
+    """
+    names = [d.strip() for d in spec.split(",") if d.strip()]
+    if not names:
+        raise ValueError("no device given")
+    if names == ["all"]:
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        names = [f"cuda:{i}" for i in range(n)] if n else ["cpu"] * cpu_engines
+    elif "all" in names:
+        raise ValueError("'all' cannot be combined with other devices")
+    if "cpu" in names and sum(n.split(":")[0] == "cpu" for n in names) > 1:
+        taken = {n for n in names if n.startswith("cpu:")}
+        free = (f"cpu:{i}" for i in range(len(names) + len(taken)) if f"cpu:{i}" not in taken)
+        names = [next(free) if n == "cpu" else n for n in names]
+    if len(set(names)) != len(names):
+        raise ValueError(f"device listed twice in {spec!r}")
+    return names
+
+
+def observed(fn: Callable[..., Any], metrics: Metrics) -> Callable[..., Any]:
+    """Wrap ``fn(engine, *args)`` (run on the engine's worker) to count calls and device time per device."""
+
+    def run(engine: Any, *args: Any) -> Any:
+        t0 = time.perf_counter()
+        try:
+            return fn(engine, *args)
+        finally:
+            label = str(engine.device)
+            metrics.compute.labels(label).observe(time.perf_counter() - t0)
+            metrics.device_calls.labels(label).inc()
+
+    return run
