@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from serverutil import free_port
 
 pytest.importorskip("ray.serve", reason="ray[serve] is not installed")
-pytestmark = [pytest.mark.ray, pytest.mark.slow]
+pytestmark = pytest.mark.ray
 
 from lossd.settings import Settings  # noqa: E402
 
