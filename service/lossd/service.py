@@ -19,6 +19,7 @@ import lossd
 from lossd import codecs
 from lossd.auth import Keys, RateLimiter
 from lossd.codecs import Limits
+from lossd.devices import expand_devices, observed
 from lossd.engine import Call, Composite, CompositeResult, CompositeTerm, Dispatcher, Engine, Result, resolve_device
 from lossd.errors import Problem, field_error
 from lossd.examples import EXAMPLES
@@ -52,7 +53,7 @@ class Service:
         self.limiter = RateLimiter(settings.rate_limit_per_s, settings.rate_limit_burst, settings.retry_after_s)
         if settings.torch_threads:
             torch.set_num_threads(settings.torch_threads)
-        devices = [resolve_device(d.strip()) for d in settings.device.split(",")]
+        devices = [resolve_device(d) for d in expand_devices(settings.device, settings.cpu_engines)]
         self.engines = [Engine(self.catalogue, d, settings, settings.compute_threads) for d in devices]
         self.dispatcher = Dispatcher(self.engines, settings.max_concurrency, settings.retry_after_s)
         self.ready = False
@@ -119,7 +120,7 @@ class Service:
 
     async def _submit(self, fn: Any, *args: Any, deadline: float) -> Any:
         try:
-            return await self.dispatcher.submit(fn, *args, deadline=deadline)
+            return await self.dispatcher.submit(observed(fn, self.metrics), *args, deadline=deadline)
         except Problem as p:
             if p.status == 503:
                 self.metrics.rejected.labels("busy").inc()

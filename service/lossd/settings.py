@@ -13,7 +13,7 @@ class Settings(BaseSettings):
 
     host: str = Field("127.0.0.1", description="Address to bind; loopback by default.")
     port: int = Field(8000, ge=0, le=65535, description="Port to bind.")
-    device: str = Field("auto", description="auto, cpu, cuda or cuda:N.")
+    device: str = Field("auto", description="auto, cpu, cuda, cuda:N, all, or a comma list (cuda:0,cuda:1): one engine per device.")
     max_body_bytes: int = Field(256 * 1024 * 1024, gt=0, description="Largest request body accepted (413 above).")
     max_tensor_elements: int = Field(64 * 1024 * 1024, gt=0, description="Largest element count of one tensor.")
     max_tensors: int = Field(64, gt=0, description="Most tensors in one call (and calls in one batch).")
