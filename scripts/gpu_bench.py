@@ -126,7 +126,7 @@ def main() -> None:
         "mse_8M": inprocess_ms(mse_f, dev),
     }
 
-    for devices in (dev, f"{dev}:0,{dev}:0" if dev == "cuda" else dev):
+    for devices in (dev, "all" if dev == "cuda" else dev):
         with run_server({"LOSSD_DEVICE": devices, "LOSSD_MAX_CONCURRENCY": "256"}) as s:
             url = s.url + "/v1/losses/cross_entropy"
             small = orjson.dumps({"inputs": {"input": x1.tolist(), "target": t1.tolist()}, "grad": ["input"]})

@@ -12,7 +12,8 @@ import safetensors.torch
 import torch
 
 from lossd import codecs
-from lossd.codecs import DTYPES, Limits, decode_tensor, encode_tensor, read_safetensors, write_safetensors
+from lossd.codecs import DTYPES, Limits, decode_tensor, encode_tensor, read_safetensors
+from lossd.codecs import write_safetensors as write_chunks
 from lossd.errors import Problem
 
 LIMITS = Limits(max_elements=1000, max_tensors=4)
@@ -26,6 +27,10 @@ def sample(dtype: torch.dtype) -> torch.Tensor:
         return (torch.randn(2, 3, generator=g) * 3).to(dtype)
     info = torch.iinfo(dtype)
     return torch.randint(max(info.min, -100), min(info.max, 100), (2, 3), generator=g, dtype=torch.int64).to(dtype)
+
+
+def write_safetensors(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> bytes:
+    return b"".join(bytes(c) for c in write_chunks(tensors, metadata))
 
 
 def wire(obj: object) -> object:

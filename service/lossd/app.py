@@ -9,6 +9,7 @@ import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
+import numpy as np
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -85,28 +86,27 @@ class RequestContext:
             self.service.metrics.observe(endpoint, state.get("loss", ""), status, time.perf_counter() - t0)
 
 
-async def read_body(request: Request, limit: int) -> bytearray:
+async def read_body(request: Request, limit: int) -> memoryview:
     """The request body, refused with 413 as soon as it is known to be over the limit.
 
-    With a Content-Length the buffer is allocated once and filled in place: large safetensors
-    bodies are then viewed, never copied, on their way to the device.
+    With a Content-Length the buffer is allocated once, uninitialised, and filled in place:
+    large safetensors bodies are then viewed, never copied, on their way to the device.
     """
     cl = request.headers.get("content-length")
     if cl is None:
-        buf = bytearray()
+        chunked = bytearray()
         async for chunk in request.stream():
-            buf += chunk
-            if len(buf) > limit:
+            chunked += chunk
+            if len(chunked) > limit:
                 raise Problem(413, f"body is over the limit of {limit} bytes")
-        return buf
+        return memoryview(chunked)
     try:
         n = int(cl)
     except ValueError:
         raise Problem(400, "invalid Content-Length") from None
     if n > limit:
         raise Problem(413, f"body of {n} bytes is over the limit of {limit} bytes")
-    buf = bytearray(n)
-    view = memoryview(buf)
+    view = np.empty(n, dtype=np.uint8).data  # bytearray(n) would zero-fill it first
     pos = 0
     async for chunk in request.stream():
         end = pos + len(chunk)
@@ -116,7 +116,22 @@ async def read_body(request: Request, limit: int) -> bytearray:
         pos = end
     if pos != n:
         raise Problem(400, "body is shorter than its Content-Length")
-    return buf
+    return view
+
+
+class ChunkedBody(Response):
+    """A response sent as several body messages (safetensors: header, then each tensor's memory)."""
+
+    def __init__(self, chunks: list[memoryview], media_type: str) -> None:
+        self.chunks = chunks
+        super().__init__(b"", media_type=media_type)
+        self.headers["content-length"] = str(sum(c.nbytes for c in chunks))
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+        last = len(self.chunks) - 1
+        for i, chunk in enumerate(self.chunks):
+            await send({"type": "http.response.body", "body": chunk, "more_body": i < last})
 
 
 def content_kind(request: Request) -> bool:
@@ -179,10 +194,14 @@ def create_app(settings: Settings | None = None, service: Service | None = None)
         binary_out = binary_in or SAFETENSORS in request.headers.get("accept", "")
         deadline = svc.deadline(request.headers.get("x-deadline-ms"))
         body = await read_body(request, settings.max_body_bytes)
-        content, media, _ = await svc.compute(name, body, binary_in, binary_out, deadline)
+        content, media = await svc.compute(name, body, binary_in, binary_out, deadline)
+        if isinstance(content, list):
+            return ChunkedBody(content, media)
         return Response(content, media_type=media)
 
-    async def multi_call(request: Request, run: Callable[[bytearray, str | None, float], Awaitable[bytes]]) -> Response:
+    async def multi_call(
+        request: Request, run: Callable[[memoryview, str | None, float], Awaitable[bytes]]
+    ) -> Response:
         key = authenticate(request)
         svc.admit(key, client_of(request))
         if content_kind(request):

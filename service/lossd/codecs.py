@@ -15,7 +15,6 @@ from typing import Any
 
 import numpy as np
 import orjson
-import safetensors.torch
 import torch
 
 from lossd.errors import Problem
@@ -58,6 +57,8 @@ NONFINITE_IN = {
     "inf": math.inf,
     "-inf": -math.inf,
 }
+
+ST_CODES: dict[torch.dtype, str] = {v: k for k, v in ST_DTYPES.items()}
 
 JSONTensor = torch.Tensor | list[str]
 
@@ -182,7 +183,15 @@ def _decode_object(obj: dict[str, Any], loc: Sequence[str | int], limits: Limits
         raise _bad(loc, "a tensor object needs exactly one of data or b64")
     if has_b64:
         return _decode_b64(obj["b64"], dtype, shape, n, loc)
-    arr = _to_numpy(obj["data"], loc)
+    target = NP_DTYPES[dtype]
+    if target.kind == "f":
+        # A declared float dtype needs no inference pass (about 20% of decoding a large body).
+        try:
+            arr = np.asarray(obj["data"], dtype=target)
+        except (ValueError, TypeError, OverflowError):
+            raise _bad(loc, f"data is not a rectangular array of numbers for dtype {dtype}") from None
+    else:
+        arr = _to_numpy(obj["data"], loc)
     if arr.size != n:
         raise _bad(loc, f"data has {arr.size} elements, shape {shape} needs {n}")
     if arr.shape != tuple(shape) and arr.ndim != 1:
@@ -278,7 +287,7 @@ def loads(body: bytes | bytearray | memoryview) -> Any:
 # safetensors
 
 
-def read_safetensors(body: bytearray, limits: Limits) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+def read_safetensors(body: memoryview | bytearray, limits: Limits) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Parse a safetensors body without copying tensor data (views over ``body``).
 
     The header is checked first (tensor count, element counts against the limits, offsets
@@ -332,6 +341,24 @@ def read_safetensors(body: bytearray, limits: Limits) -> tuple[dict[str, torch.T
     return tensors, meta
 
 
-def write_safetensors(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> bytes:
+def write_safetensors(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> list[memoryview]:
+    """A safetensors file as chunks (header, then each tensor's bytes) without copying the tensors.
+
+    The response is sent chunk by chunk, so a 32 MB gradient goes to the socket straight from
+    the tensor's memory. Tensors are laid out widest dtype first, so that with the header
+    padded to 8 bytes every tensor's data is aligned for zero-copy readers.
+    """
     cpu = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-    return safetensors.torch.save(cpu, metadata=dict(metadata))
+    order = sorted(cpu, key=lambda k: (-cpu[k].element_size(), k))
+    header: dict[str, Any] = {"__metadata__": dict(metadata)} if metadata else {}
+    chunks: list[memoryview] = []
+    offset = 0
+    for k in order:
+        t = cpu[k]
+        nbytes = t.numel() * t.element_size()
+        header[k] = {"dtype": ST_CODES[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + nbytes]}
+        offset += nbytes
+        chunks.append(t.reshape(-1).view(torch.uint8).numpy().data if nbytes else memoryview(b""))
+    head = orjson.dumps(header)
+    head += b" " * (-len(head) % 8)
+    return [memoryview(len(head).to_bytes(8, "little") + head), *chunks]

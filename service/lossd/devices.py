@@ -43,8 +43,6 @@ def observed(fn: Callable[..., Any], metrics: Metrics) -> Callable[..., Any]:
         try:
             return fn(engine, *args)
         finally:
-            label = str(engine.device)
-            metrics.compute.labels(label).observe(time.perf_counter() - t0)
-            metrics.device_calls.labels(label).inc()
+            metrics.observe_compute(str(engine.device), time.perf_counter() - t0)
 
     return run

@@ -9,6 +9,7 @@ is called from a worker thread, never from the event loop.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
@@ -54,6 +55,8 @@ class Call:
     inputs: dict[str, JSONTensor]
     grad: tuple[str, ...]
     grad_dtypes: dict[str, torch.dtype]
+    # The params as keyword arguments, read off the pydantic model once.
+    param_kwargs: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -207,7 +210,7 @@ class Engine:
                 spec.check(converted, p)
             except InputError as e:
                 raise field_error(e.loc, e.msg, e.status) from None
-        return Call(spec, p, converted, g, grad_dtypes)
+        return Call(spec, p, converted, g, grad_dtypes, dict(p))
 
     @staticmethod
     def _floating_kind(spec: LossSpec, name: str) -> bool:
@@ -246,7 +249,7 @@ class Engine:
 
     def _kwargs(self, call: Call, tensors: Mapping[str, JSONTensor]) -> dict[str, Any]:
         kwargs: dict[str, Any] = dict(tensors)
-        kwargs.update(call.params)
+        kwargs.update(call.param_kwargs)
         if call.spec.name in self.resources:
             kwargs["resource"] = self.resources[call.spec.name]
         return kwargs
@@ -385,16 +388,21 @@ class Dispatcher:
             headers={"Retry-After": str(self.retry_after_s)},
         )
 
-    async def submit(self, fn: Any, *args: Any, deadline: float) -> Any:
-        """Run ``fn(engine, *args)`` on the least-loaded engine's worker thread."""
-        import asyncio
+    async def submit(self, fn: Any, *args: Any, deadline: float, inline: bool = False) -> Any:
+        """Run ``fn(engine, *args)`` on the least-loaded engine's worker thread.
 
+        ``inline`` runs it on the calling thread (the event loop) instead, when the engine is
+        the CPU: the service asks for that only for calls small enough (tens of microseconds)
+        that handing them to a thread and back would cost more than the work itself.
+        """
         if self.admitted >= self.max_concurrency:
             raise self.busy()
         engine = min(self.engines, key=lambda e: e.inflight)
         self.admitted += 1
         engine.inflight += 1
         try:
+            if inline and engine.device.type == "cpu":
+                return _guarded(fn, engine, args, deadline)
             loop = asyncio.get_running_loop()
             return await loop.run_in_executor(engine.executor, _guarded, fn, engine, args, deadline)
         finally:

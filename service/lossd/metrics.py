@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -37,12 +39,28 @@ class Metrics:
             "lossd_rejected", "Calls refused before running, by reason", ["reason"], registry=self.registry
         )
         self.ready = Gauge("lossd_ready", "1 when the server takes work", registry=self.registry)
+        self._request_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+        self._device_children: dict[str, tuple[Any, Any]] = {}
 
     def observe(self, endpoint: str, loss: str, status: int, seconds: float) -> None:
-        self.requests.labels(endpoint, loss, str(status)).inc()
-        self.latency.labels(endpoint, loss).observe(seconds)
+        # labels() costs a lock and a dict build per call: keep the children of each label set.
+        key = (endpoint, loss, status)
+        children = self._request_children.get(key)
+        if children is None:
+            children = (self.requests.labels(endpoint, loss, str(status)), self.latency.labels(endpoint, loss))
+            self._request_children[key] = children
+        children[0].inc()
+        children[1].observe(seconds)
         if status >= 400:
             self.errors.labels(str(status)).inc()
+
+    def observe_compute(self, device: str, seconds: float) -> None:
+        children = self._device_children.get(device)
+        if children is None:
+            children = (self.compute.labels(device), self.device_calls.labels(device))
+            self._device_children[device] = children
+        children[0].observe(seconds)
+        children[1].inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

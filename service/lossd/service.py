@@ -10,6 +10,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import orjson
@@ -56,6 +57,9 @@ class Service:
         devices = [resolve_device(d) for d in expand_devices(settings.device, settings.cpu_engines)]
         self.engines = [Engine(self.catalogue, d, settings, settings.compute_threads) for d in devices]
         self.dispatcher = Dispatcher(self.engines, settings.max_concurrency, settings.retry_after_s)
+        # Decoding and encoding large bodies (a 45 MB JSON body takes 250 ms to parse) happens
+        # here, off the event loop and off the device workers.
+        self.host_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="lossd-host")
         self.ready = False
         self.draining = False
         self._text_inputs = {s.name: frozenset(i.name for i in s.inputs if i.kind == "text") for s in self.catalogue}
@@ -88,6 +92,7 @@ class Service:
         self.metrics.ready.set(0)
         for e in self.engines:
             e.shutdown()
+        self.host_pool.shutdown(wait=True)
 
     # -- admission ----------------------------------------------------------------------
 
@@ -118,9 +123,9 @@ class Service:
                 raise Problem(400, "X-Deadline-Ms must be an integer count of milliseconds") from None
         return time.monotonic() + ms / 1000.0
 
-    async def _submit(self, fn: Any, *args: Any, deadline: float) -> Any:
+    async def _submit(self, fn: Any, *args: Any, deadline: float, inline: bool = False) -> Any:
         try:
-            return await self.dispatcher.submit(observed(fn, self.metrics), *args, deadline=deadline)
+            return await self.dispatcher.submit(observed(fn, self.metrics), *args, deadline=deadline, inline=inline)
         except Problem as p:
             if p.status == 503:
                 self.metrics.rejected.labels("busy").inc()
@@ -145,7 +150,7 @@ class Service:
         inputs = codecs.decode_tensors(body["inputs"], (*where, "inputs"), self.limits, self._text_inputs[spec.name])
         return inputs, body.get("params"), body.get("grad", False)
 
-    def parse_safetensors_call(self, body: bytearray) -> tuple[dict[str, Any], Any, Any]:
+    def parse_safetensors_call(self, body: memoryview) -> tuple[dict[str, Any], Any, Any]:
         tensors, meta = codecs.read_safetensors(body, self.limits)
         extra = set(meta) - {"params", "grad", "format"}
         if extra:
@@ -157,10 +162,8 @@ class Service:
             raise Problem(400, "safetensors __metadata__ params and grad must be JSON strings") from None
         return tensors, params, grad
 
-    async def compute(
-        self, name: str, body: bytearray, binary_in: bool, binary_out: bool, deadline: float
-    ) -> tuple[bytes, str, str]:
-        spec = self.spec(name)
+    def decode_call(self, spec: LossSpec, body: memoryview, binary_in: bool) -> tuple[Call, bool]:
+        """A request body -> a validated call (host side), and whether tensors go back as base64."""
         if binary_in:
             inputs, params, grad = self.parse_safetensors_call(body)
             b64 = False
@@ -168,11 +171,29 @@ class Service:
             obj = codecs.loads(body)
             inputs, params, grad = self.parse_json_call(spec, obj)
             b64 = wants_b64(obj)
-        call: Call = self.engines[0].prepare(spec, inputs, params, grad)
-        result: Result = await self._submit(Engine.run, call, deadline=deadline)
+        return self.engines[0].prepare(spec, inputs, params, grad), b64
+
+    def encode_result(self, result: Result, b64: bool, binary_out: bool) -> bytes | list[memoryview]:
         if binary_out:
-            return self.result_safetensors(result), SAFETENSORS, spec.name
-        return codecs.dumps(self.result_json(result, b64)), JSON, spec.name
+            return self.result_safetensors(result)
+        return codecs.dumps(self.result_json(result, b64))
+
+    async def compute(
+        self, name: str, body: memoryview, binary_in: bool, binary_out: bool, deadline: float
+    ) -> tuple[bytes | list[memoryview], str]:
+        """One loss call. Small bodies are handled on the event loop and, on the CPU, computed
+        there too (a thread hand-off costs more than their microseconds of work); large ones
+        are decoded and encoded on the host pool and computed on the device worker."""
+        spec = self.spec(name)
+        media = SAFETENSORS if binary_out else JSON
+        if len(body) <= self.settings.inline_max_bytes:
+            call, b64 = self.decode_call(spec, body, binary_in)
+            result = await self._submit(Engine.run, call, deadline=deadline, inline=True)
+            return self.encode_result(result, b64, binary_out), media
+        loop = asyncio.get_running_loop()
+        call, b64 = await loop.run_in_executor(self.host_pool, self.decode_call, spec, body, binary_in)
+        result = await self._submit(Engine.run, call, deadline=deadline)
+        return await loop.run_in_executor(self.host_pool, self.encode_result, result, b64, binary_out), media
 
     def result_json(self, r: Result, b64: bool) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -185,7 +206,7 @@ class Service:
         return out
 
     @staticmethod
-    def result_safetensors(r: Result) -> bytes:
+    def result_safetensors(r: Result) -> list[memoryview]:
         tensors = {"value": r.value, **{f"grad.{k}": v for k, v in r.grads.items()}}
         meta = {"loss": r.loss}
         if r.terms is not None:
@@ -194,7 +215,7 @@ class Service:
 
     # -- batch ---------------------------------------------------------------------------
 
-    async def batch(self, body: bytearray, key: str | None, deadline: float) -> bytes:
+    async def batch(self, body: memoryview, key: str | None, deadline: float) -> bytes:
         obj = codecs.loads(body)
         if not isinstance(obj, dict) or not isinstance(obj.get("calls"), list):
             raise field_error(("calls",), "expected an object with a list of calls")
@@ -222,7 +243,7 @@ class Service:
 
     # -- composite -----------------------------------------------------------------------
 
-    async def composite(self, body: bytearray, key: str | None, deadline: float) -> bytes:
+    async def composite(self, body: memoryview, key: str | None, deadline: float) -> bytes:
         obj = codecs.loads(body)
         if not isinstance(obj, dict):
             raise Problem(400, "body must be a JSON object")

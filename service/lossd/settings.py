@@ -13,12 +13,20 @@ class Settings(BaseSettings):
 
     host: str = Field("127.0.0.1", description="Address to bind; loopback by default.")
     port: int = Field(8000, ge=0, le=65535, description="Port to bind.")
-    device: str = Field("auto", description="auto, cpu, cuda, cuda:N, all, or a comma list (cuda:0,cuda:1): one engine per device.")
+    device: str = Field(
+        "auto", description="auto, cpu, cuda, cuda:N, all, or a comma list (cuda:0,cuda:1): one engine per device."
+    )
     max_body_bytes: int = Field(256 * 1024 * 1024, gt=0, description="Largest request body accepted (413 above).")
     max_tensor_elements: int = Field(64 * 1024 * 1024, gt=0, description="Largest element count of one tensor.")
     max_tensors: int = Field(64, gt=0, description="Most tensors in one call (and calls in one batch).")
     max_batch_calls: int = Field(256, gt=0, description="Most calls in one /v1/batch request.")
     max_concurrency: int = Field(64, gt=0, description="Calls admitted at once (running or queued); 503 beyond.")
+    inline_max_bytes: int = Field(
+        65536,
+        ge=0,
+        description="Bodies up to this size are decoded on the event loop and, on the CPU, computed there too "
+        "(cheaper than a thread hand-off); larger ones go to worker threads. 0: always hand off.",
+    )
     compute_threads: int = Field(1, gt=0, description="Worker threads per device running loss computations.")
     torch_threads: int = Field(0, ge=0, description="torch intra-op threads (0: leave torch's default).")
     deadline_ms: int = Field(

@@ -179,7 +179,7 @@ def require_indices(t: torch.Tensor, name: str, num_classes: int, ignore_index: 
     if t.numel() == 0:
         return
     lo, hi = torch.aminmax(t)
-    if lo >= 0 and hi < num_classes:  # the common case, in one pass
+    if lo.item() >= 0 and hi.item() < num_classes:  # the common case, in one pass
         return
     valid = (t >= 0) & (t < num_classes)
     if ignore_index is not None:
