@@ -26,7 +26,9 @@ def test_readme_has_examples() -> None:
 
 @pytest.mark.parametrize("index", range(len(curl_blocks())))
 def test_readme_example_runs(server: Server, index: int, tmp_path: Path) -> None:
-    script = curl_blocks()[index].replace("http://127.0.0.1:8000", server.url).replace(".venv/bin/python", sys.executable)
+    script = (
+        curl_blocks()[index].replace("http://127.0.0.1:8000", server.url).replace(".venv/bin/python", sys.executable)
+    )
     r = subprocess.run(["bash", "-e", "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stdout + r.stderr
     out = r.stdout
