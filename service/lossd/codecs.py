@@ -113,6 +113,12 @@ def _to_numpy(data: Any, loc: Sequence[str | int]) -> np.ndarray:
     return arr
 
 
+def _first_leaf_is_float(obj: list[Any]) -> bool:
+    while isinstance(obj, list) and obj:
+        obj = obj[0]
+    return isinstance(obj, float)
+
+
 def _cast(arr: np.ndarray, dtype: str, loc: Sequence[str | int]) -> np.ndarray:
     """Cast to a declared dtype, refusing silent truncation (1.5 as int, 300 as uint8)."""
     target = NP_DTYPES[dtype]
@@ -148,6 +154,17 @@ def decode_tensor(obj: Any, loc: Sequence[str | int], limits: Limits, text_ok: b
         return list(obj)
     if text_ok and isinstance(obj, list) and not obj:
         return []
+    if isinstance(obj, list) and _first_leaf_is_float(obj):
+        # At least one float: the inferred dtype is float32 whatever else is there, so skip
+        # numpy's inference pass (a fifth of decoding a large nested body).
+        try:
+            arr32 = np.asarray(obj, dtype=np.float32)
+        except (ValueError, TypeError, OverflowError):
+            arr32 = None  # ragged, or strings other than NaN/Infinity: the general path says why
+        if arr32 is not None:
+            if arr32.size > limits.max_elements:
+                raise _too_large(loc, arr32.size, limits)
+            return torch.from_numpy(arr32)
     if isinstance(obj, str):
         if obj in NONFINITE_IN:
             return torch.tensor(NONFINITE_IN[obj], dtype=torch.float32)
