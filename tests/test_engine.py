@@ -118,20 +118,25 @@ def test_dispatcher_bounds_admission_and_balances() -> None:
         gate.wait(5)
         return 1
 
+    async def call() -> int:
+        with d.slot():
+            return int(await d.submit(hold, deadline=time.monotonic() + 10))
+
     async def scenario() -> None:
-        deadline = time.monotonic() + 10
-        a = asyncio.ensure_future(d.submit(hold, deadline=deadline))
-        b = asyncio.ensure_future(d.submit(hold, deadline=deadline))
+        a = asyncio.ensure_future(call())
+        b = asyncio.ensure_future(call())
         await asyncio.sleep(0.05)
+        assert d.admitted == 2 and [e.inflight for e in engines] == [1, 1]
         with pytest.raises(Problem) as e:
-            await d.submit(hold, deadline=deadline)
+            await call()
         assert e.value.status == 503 and e.value.headers["Retry-After"] == "3"
         gate.set()
         assert await a == 1 and await b == 1
         assert d.admitted == 0 and all(e.inflight == 0 for e in engines)
+        assert await call() == 1  # slots are given back
 
     asyncio.run(scenario())
-    assert len(set(used)) == 2  # the two calls went to the two engines
+    assert len(set(used)) == 2  # the two concurrent calls went to the two engines
 
 
 def test_deadline_passed_before_run_is_504() -> None:

@@ -193,8 +193,9 @@ def create_app(settings: Settings | None = None, service: Service | None = None)
         binary_in = content_kind(request)
         binary_out = binary_in or SAFETENSORS in request.headers.get("accept", "")
         deadline = svc.deadline(request.headers.get("x-deadline-ms"))
-        body = await read_body(request, settings.max_body_bytes)
-        content, media = await svc.compute(name, body, binary_in, binary_out, deadline)
+        with svc.slot():
+            body = await read_body(request, settings.max_body_bytes)
+            content, media = await svc.compute(name, body, binary_in, binary_out, deadline)
         if isinstance(content, list):
             return ChunkedBody(content, media)
         return Response(content, media_type=media)
@@ -207,8 +208,9 @@ def create_app(settings: Settings | None = None, service: Service | None = None)
         if content_kind(request):
             raise Problem(415, "batch and composite bodies are JSON")
         deadline = svc.deadline(request.headers.get("x-deadline-ms"))
-        body = await read_body(request, settings.max_body_bytes)
-        return Response(await run(body, key, deadline), media_type=JSON)
+        with svc.slot():
+            body = await read_body(request, settings.max_body_bytes)
+            return Response(await run(body, key, deadline), media_type=JSON)
 
     # The three compute endpoints are plain Starlette routes: FastAPI's parameter solving
     # costs more than the whole small-call path, and their bodies (JSON or safetensors) are

@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -371,8 +371,10 @@ def _terms(terms: Mapping[str, torch.Tensor] | None) -> dict[str, float] | None:
 class Dispatcher:
     """Admission control and placement: a bounded number of calls in flight across engines.
 
-    Past ``max_concurrency`` admitted calls the server answers 503 with Retry-After instead
-    of queueing without limit. Each call goes to the engine with the fewest calls in flight.
+    A request takes a slot before its body is read and gives it back when its answer is
+    ready, so ``max_concurrency`` bounds both the work queued for the devices and the request
+    bodies held in memory. Past it the server answers 503 with Retry-After instead of
+    queueing without limit. Each call goes to the engine with the fewest calls in flight.
     """
 
     def __init__(self, engines: Sequence[Engine], max_concurrency: int, retry_after_s: int) -> None:
@@ -388,6 +390,17 @@ class Dispatcher:
             headers={"Retry-After": str(self.retry_after_s)},
         )
 
+    @contextlib.contextmanager
+    def slot(self) -> Iterator[None]:
+        """Hold one of the ``max_concurrency`` slots for the duration of a request; 503 if none is free."""
+        if self.admitted >= self.max_concurrency:
+            raise self.busy()
+        self.admitted += 1
+        try:
+            yield
+        finally:
+            self.admitted -= 1
+
     async def submit(self, fn: Any, *args: Any, deadline: float, inline: bool = False) -> Any:
         """Run ``fn(engine, *args)`` on the least-loaded engine's worker thread.
 
@@ -395,10 +408,7 @@ class Dispatcher:
         the CPU: the service asks for that only for calls small enough (tens of microseconds)
         that handing them to a thread and back would cost more than the work itself.
         """
-        if self.admitted >= self.max_concurrency:
-            raise self.busy()
         engine = min(self.engines, key=lambda e: e.inflight)
-        self.admitted += 1
         engine.inflight += 1
         try:
             if inline and engine.device.type == "cpu":
@@ -406,7 +416,6 @@ class Dispatcher:
             loop = asyncio.get_running_loop()
             return await loop.run_in_executor(engine.executor, _guarded, fn, engine, args, deadline)
         finally:
-            self.admitted -= 1
             engine.inflight -= 1
             engine.calls += 1
 

@@ -7,9 +7,10 @@ handlers in :mod:`lossd.app` only pick the method and wrap the bytes in a respon
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -123,13 +124,22 @@ class Service:
                 raise Problem(400, "X-Deadline-Ms must be an integer count of milliseconds") from None
         return time.monotonic() + ms / 1000.0
 
+    @contextlib.contextmanager
+    def slot(self) -> Iterator[None]:
+        """One of the node's admission slots, held while a request is read and answered."""
+        try:
+            with self.dispatcher.slot():
+                yield
+        except Problem as p:
+            if p.status == 503 and p.detail.startswith("server busy"):
+                self.metrics.rejected.labels("busy").inc()
+            raise
+
     async def _submit(self, fn: Any, *args: Any, deadline: float, inline: bool = False) -> Any:
         try:
             return await self.dispatcher.submit(observed(fn, self.metrics), *args, deadline=deadline, inline=inline)
         except Problem as p:
-            if p.status == 503:
-                self.metrics.rejected.labels("busy").inc()
-            elif p.status == 504:
+            if p.status == 504:
                 self.metrics.rejected.labels("deadline").inc()
             raise
 
