@@ -261,11 +261,11 @@ def _json_array(t: torch.Tensor) -> tuple[str, Any]:
         t = t.float()
     arr = t.detach().contiguous().reshape(-1).numpy()
     if arr.dtype.kind == "f" and arr.size and not bool(np.isfinite(arr).all()):
-        return name, [_float_out(x) for x in arr.tolist()]
+        return name, [float_out(x) for x in arr.tolist()]
     return name, arr
 
 
-def _float_out(x: float) -> float | str:
+def float_out(x: float) -> float | str:
     if math.isfinite(x):
         return x
     if math.isnan(x):
@@ -285,7 +285,7 @@ def encode_tensor(t: torch.Tensor, b64: bool = False) -> dict[str, Any]:
 def encode_value(t: torch.Tensor, b64: bool = False) -> Any:
     """A loss value: a JSON number for a scalar (non-finite as strings), else a tensor object."""
     if t.dim() == 0:
-        return _float_out(float(t.item()))
+        return float_out(float(t.item()))
     return encode_tensor(t, b64)
 
 

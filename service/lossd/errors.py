@@ -39,7 +39,7 @@ class Problem(Exception):
         self.detail = detail
         self.errors = list(errors) if errors else None
         self.headers = headers or {}
-        self.type = type_ or f"https://lossd.dev/problems/{status}"
+        self.type = type_ or "about:blank"  # RFC 9457: the title is then the status phrase
 
     @property
     def title(self) -> str:

@@ -212,7 +212,7 @@ class Service:
             "grads": {k: codecs.encode_tensor(v, b64) for k, v in r.grads.items()},
         }
         if r.terms is not None:
-            out["terms"] = {k: codecs._float_out(v) for k, v in r.terms.items()}
+            out["terms"] = {k: codecs.float_out(v) for k, v in r.terms.items()}
         return out
 
     @staticmethod

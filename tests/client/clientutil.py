@@ -32,7 +32,7 @@ MSE_OK = (200, {"Content-Type": "application/json"}, {"loss": "mse", "value": 0.
 
 
 def problem(status: int, detail: str, **headers: str) -> tuple[int, dict[str, str], dict[str, Any]]:
-    body = {"type": f"https://lossd.dev/problems/{status}", "title": "x", "status": status, "detail": detail}
+    body = {"type": "about:blank", "title": "x", "status": status, "detail": detail}
     return status, {"Content-Type": "application/problem+json", **headers}, body
 
 
