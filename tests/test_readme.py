@@ -54,3 +54,15 @@ def test_readme_settings_table_is_generated() -> None:
     from lossd.settings import markdown_table
 
     assert markdown_table() in README.read_text()
+
+
+def python_blocks() -> list[str]:
+    return re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+
+
+@pytest.mark.parametrize("index", range(len(python_blocks())))
+def test_readme_python_example_runs(server: Server, index: int, tmp_path: Path) -> None:
+    code = python_blocks()[index].replace("http://127.0.0.1:8000", server.url)
+    r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout.strip(), "the example prints its result"
