@@ -17,6 +17,7 @@ from lossd.codecs import write_safetensors as write_chunks
 from lossd.errors import Problem
 
 LIMITS = Limits(max_elements=1000, max_tensors=4)
+LIMITS_BIG = Limits(max_elements=10**7, max_tensors=64)
 
 
 def sample(dtype: torch.dtype) -> torch.Tensor:
@@ -154,4 +155,65 @@ def test_safetensors_header_limits_and_garbage() -> None:
     header = orjson.dumps({"x": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}})
     with pytest.raises(Problem) as e:
         read_safetensors(bytearray(len(header).to_bytes(8, "little") + header + b"\x00" * 8), LIMITS)
+    assert e.value.status == 400
+
+
+# ---------------------------------------------------------------------------
+# loads_large: big numeric arrays straight into numpy, everything else as loads
+
+
+def both_ways(doc: object) -> tuple[object, object]:
+    body = memoryview(codecs.dumps(doc))
+    return codecs.loads(body), codecs.loads_large(body)
+
+
+def test_loads_large_matches_loads_on_tensors() -> None:
+    g = np.random.default_rng(0)
+    floats = g.standard_normal((70, 90)).astype(np.float32)
+    ints = g.integers(-5, 5, size=(3, 40, 50))
+    doc = {
+        "inputs": {
+            "input": floats,
+            "target": ints,
+            "mixed": [[1, 2.5] * 2500],  # ints and floats: float32 by inference
+            "small": [1.0, 2.0],
+            "obj": {"dtype": "float64", "shape": [80, 60], "data": g.standard_normal(4800)},
+            "text": ["a[b", "c"] * 3000,
+        },
+        "params": {"alpha": list(range(5000))},
+        "grad": ["input"],
+    }
+    plain, fast = both_ways(doc)
+    assert isinstance(fast, dict) and isinstance(plain, dict)
+    assert isinstance(fast["inputs"]["input"], np.ndarray) and fast["inputs"]["input"].shape == (70, 90)
+    assert fast["params"] == plain["params"] and isinstance(fast["params"]["alpha"], list)
+    assert fast["inputs"]["text"] == plain["inputs"]["text"]
+    for name in ("input", "target", "mixed", "small", "obj"):
+        a = decode_tensor(plain["inputs"][name], ("x",), LIMITS_BIG)
+        b = decode_tensor(fast["inputs"][name], ("x",), LIMITS_BIG)
+        assert isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor)
+        assert a.dtype == b.dtype and torch.equal(a, b), name
+    assert decode_tensor(fast["inputs"]["target"], ("x",), LIMITS_BIG).dtype == torch.int64  # type: ignore[union-attr]
+    assert decode_tensor(fast["inputs"]["mixed"], ("x",), LIMITS_BIG).dtype == torch.float32  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    "tensor",
+    [
+        [[1.5] * 3000, [2.5] * 2999],  # ragged
+        [[1.5] * 3000, [*([2.5] * 2999), [3.0]]],  # an array where a number belongs (simdjson would flatten it)
+        [[1.5] * 3000, [2.5] * 2999 + [3.0], [5.0]],  # ragged in the last row
+        [1.5] * 5000 + ["NaN"],  # strings: the general path reads them
+        [True] * 5000,  # booleans
+    ],
+)
+def test_loads_large_falls_back_to_the_general_path(tensor: list) -> None:
+    plain, fast = both_ways({"inputs": {"x": tensor}})
+    assert fast == plain  # the fallback is loads itself
+    assert isinstance(fast, dict) and isinstance(fast["inputs"]["x"], list)
+
+
+def test_loads_large_invalid_json_is_400() -> None:
+    with pytest.raises(Problem) as e:
+        codecs.loads_large(memoryview(b'{"inputs": {"x": [1.0, 2.0' + b", 3.0" * 5000))
     assert e.value.status == 400

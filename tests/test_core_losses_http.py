@@ -176,3 +176,29 @@ def test_integer_input_is_converted_to_float32(server: Server) -> None:
     ).json()
     assert out["value"] == pytest.approx(2.5)
     assert out["grads"]["input"]["dtype"] == "float32"
+
+
+def test_large_json_bodies(server: Server) -> None:
+    """Bodies over LOSSD_INLINE_MAX_BYTES take the host pool and the numpy fast path: same answers."""
+    g = torch.Generator().manual_seed(6)
+    x = torch.randn(512, 100, generator=g)
+    t = torch.randint(0, 100, (512,), generator=g)
+    body = dumps({"inputs": {"input": x.numpy(), "target": t.numpy()}, "grad": True})
+    assert len(body) > 65536
+    r = httpx.post(f"{server.url}/v1/losses/cross_entropy", content=body, headers={"content-type": "application/json"})
+    assert r.status_code == 200, r.text
+    xr = x.clone().requires_grad_(True)
+    ref = F.cross_entropy(xr, t)
+    ref.backward()
+    assert r.json()["value"] == pytest.approx(float(ref), rel=1e-6)
+    torch.testing.assert_close(decode(r.json()["grads"]["input"]), xr.grad)
+    ragged = dumps({"inputs": {"input": [[0.5] * 100] * 600 + [[0.5] * 99], "target": [0] * 601}})
+    r = httpx.post(
+        f"{server.url}/v1/losses/cross_entropy", content=ragged, headers={"content-type": "application/json"}
+    )
+    assert r.status_code == 400 and r.json()["errors"][0]["loc"] == ["inputs", "input"]
+    calls = [{"loss": "mse", "inputs": {"input": [float(i)] * 3000, "target": [0.0] * 3000}} for i in range(8)]
+    r = httpx.post(
+        f"{server.url}/v1/batch", content=dumps({"calls": calls}), headers={"content-type": "application/json"}
+    )
+    assert [c["value"] for c in r.json()["results"]] == [float(i * i) for i in range(8)]

@@ -9,12 +9,14 @@ from __future__ import annotations
 import base64
 import binascii
 import math
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import orjson
+import simdjson
 import torch
 
 from lossd.errors import Problem
@@ -171,6 +173,10 @@ def decode_tensor(obj: Any, loc: Sequence[str | int], limits: Limits, text_ok: b
         raise _bad(loc, "expected a number, a nested array of numbers or a tensor object")
     if obj is None:
         raise _bad(loc, "expected a tensor, got null")
+    if isinstance(obj, np.ndarray):  # from loads_large: int64 or float64, inferred as ever
+        if obj.size > limits.max_elements:
+            raise _too_large(loc, obj.size, limits)
+        return torch.from_numpy(obj.astype(np.float32) if obj.dtype.kind == "f" else obj)
     arr = _to_numpy(obj, loc)
     if arr.size > limits.max_elements:
         raise _too_large(loc, arr.size, limits)
@@ -298,6 +304,106 @@ def loads(body: bytes | bytearray | memoryview) -> Any:
         return orjson.loads(body)
     except orjson.JSONDecodeError as e:
         raise Problem(400, f"body is not valid JSON: {e}") from None
+
+
+LARGE_ARRAY = 4096  # numbers; smaller arrays are cheap enough as Python objects
+
+
+class _Fallback(Exception):
+    """Something the fast path does not take: parse the body the ordinary way."""
+
+
+def loads_large(body: memoryview) -> Any:
+    """Parse a large JSON body with its big numeric tensors read straight into numpy arrays.
+
+    Like :func:`loads`, but under every ``inputs`` key each rectangular array of at least
+    LARGE_ARRAY numbers comes back as an ndarray (int64 if every number is an integer, else
+    float64) without one Python float per number: simdjson parses and copies them out in one
+    pass, about twice as fast as orjson plus numpy for a 45 MB body. Anything else (strings
+    such as "NaN", booleans, ragged or irregular nesting, invalid JSON) falls back to
+    :func:`loads`, whose answers and errors are the ones clients see.
+
+    simdjson flattens nested arrays when copying numbers out, so the structure is verified
+    separately: every array's length, and the count of "[" in the body against the count the
+    parsed document implies (an array hidden where a number belongs would add one).
+    """
+    try:
+        out = _parse_large(body)
+    except (_Fallback, ValueError, TypeError, RuntimeError):
+        return loads(body)
+    return out
+
+
+# A parser keeps buffers sized to the largest document it has read; reusing one per thread
+# halves the parse time. Bodies over REUSE_BYTES get a fresh parser so that no thread keeps
+# hundreds of megabytes after one huge request.
+REUSE_BYTES = 64 * 1024 * 1024
+_parsers = threading.local()
+
+
+def _parse_large(body: memoryview) -> Any:
+    if len(body) > REUSE_BYTES:
+        parser = simdjson.Parser()
+    else:
+        parser = getattr(_parsers, "parser", None) or simdjson.Parser()
+        _parsers.parser = parser
+    brackets = [0]
+    out = _convert(parser.parse(body), brackets, tensors=False)
+    if int(np.count_nonzero(np.frombuffer(body, dtype=np.uint8) == ord("["))) != brackets[0]:
+        raise _Fallback
+    return out
+
+
+def _convert(node: Any, brackets: list[int], tensors: bool) -> Any:
+    if isinstance(node, simdjson.Object):
+        out = {}
+        for k in node.keys():  # items() would convert every value to Python objects
+            brackets[0] += k.count("[")
+            out[k] = _convert(node[k], brackets, tensors or k == "inputs")
+        return out
+    if isinstance(node, simdjson.Array):
+        if tensors:
+            arr = _numeric(node, brackets)
+            if arr is not None:
+                return arr
+        brackets[0] += 1
+        return [_convert(v, brackets, tensors) for v in node]
+    if isinstance(node, str):
+        brackets[0] += node.count("[")
+    return node
+
+
+def _numeric(node: Any, brackets: list[int]) -> np.ndarray | None:
+    """A big rectangular array of numbers as an ndarray; None when small; _Fallback when odd."""
+    dims: list[int] = []
+    leaf: Any = node
+    while isinstance(leaf, simdjson.Array):
+        if len(leaf) == 0:
+            return None
+        dims.append(len(leaf))
+        leaf = leaf[0]
+    if type(leaf) not in (int, float) or math.prod(dims) < LARGE_ARRAY:
+        return None
+    if not _lengths_match(node, dims):
+        raise _Fallback
+    try:
+        arr = np.frombuffer(node.as_buffer(of_type="i"), dtype=np.int64) if type(leaf) is int else None
+    except TypeError:  # a float further on
+        arr = None
+    if arr is None:
+        arr = np.frombuffer(node.as_buffer(of_type="d"), dtype=np.float64)
+    if arr.size != math.prod(dims):
+        raise _Fallback
+    brackets[0] += sum(math.prod(dims[:k]) for k in range(len(dims)))
+    return arr.reshape(dims)
+
+
+def _lengths_match(node: Any, dims: list[int]) -> bool:
+    if len(node) != dims[0]:
+        return False
+    if len(dims) == 1:
+        return True
+    return all(isinstance(child, simdjson.Array) and _lengths_match(child, dims[1:]) for child in node)
 
 
 # ---------------------------------------------------------------------------

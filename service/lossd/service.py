@@ -172,13 +172,25 @@ class Service:
             raise Problem(400, "safetensors __metadata__ params and grad must be JSON strings") from None
         return tensors, params, grad
 
+    def _loads(self, body: memoryview) -> Any:
+        """JSON bodies; large ones read their big numeric arrays straight into numpy."""
+        if len(body) > self.settings.inline_max_bytes:
+            return codecs.loads_large(body)
+        return codecs.loads(body)
+
+    async def _host(self, small: bool, fn: Any, *args: Any) -> Any:
+        """Host-side work (decoding, encoding): inline for small bodies, else on the host pool."""
+        if small:
+            return fn(*args)
+        return await asyncio.get_running_loop().run_in_executor(self.host_pool, fn, *args)
+
     def decode_call(self, spec: LossSpec, body: memoryview, binary_in: bool) -> tuple[Call, bool]:
         """A request body -> a validated call (host side), and whether tensors go back as base64."""
         if binary_in:
             inputs, params, grad = self.parse_safetensors_call(body)
             b64 = False
         else:
-            obj = codecs.loads(body)
+            obj = self._loads(body)
             inputs, params, grad = self.parse_json_call(spec, obj)
             b64 = wants_b64(obj)
         return self.engines[0].prepare(spec, inputs, params, grad), b64
@@ -226,7 +238,13 @@ class Service:
     # -- batch ---------------------------------------------------------------------------
 
     async def batch(self, body: memoryview, key: str | None, deadline: float) -> bytes:
-        obj = codecs.loads(body)
+        small = len(body) <= self.settings.inline_max_bytes
+        calls, b64 = await self._host(small, self._prepare_batch, body, key)
+        results = await self._submit(Engine.run_many, calls, deadline=deadline)
+        return await self._host(small, self._encode_batch, results, b64)
+
+    def _prepare_batch(self, body: memoryview, key: str | None) -> tuple[list[Call | Problem], bool]:
+        obj = self._loads(body)
         if not isinstance(obj, dict) or not isinstance(obj.get("calls"), list):
             raise field_error(("calls",), "expected an object with a list of calls")
         extra = set(obj) - {"calls", "encoding"}
@@ -247,14 +265,22 @@ class Service:
                 calls.append(self.engines[0].prepare(spec, inputs, params, grad))
             except Problem as p:
                 calls.append(p)
-        results = await self._submit(Engine.run_many, calls, deadline=deadline)
+        return calls, b64
+
+    def _encode_batch(self, results: list[Result | Problem], b64: bool) -> bytes:
         out = [{"error": r.body()} if isinstance(r, Problem) else self.result_json(r, b64) for r in results]
         return codecs.dumps({"results": out})
 
     # -- composite -----------------------------------------------------------------------
 
     async def composite(self, body: memoryview, key: str | None, deadline: float) -> bytes:
-        obj = codecs.loads(body)
+        small = len(body) <= self.settings.inline_max_bytes
+        comp, b64 = await self._host(small, self._prepare_composite, body, key)
+        res = await self._submit(Engine.run_composite, comp, deadline=deadline)
+        return await self._host(small, self._encode_composite, res, b64)
+
+    def _prepare_composite(self, body: memoryview, key: str | None) -> tuple[Composite, bool]:
+        obj = self._loads(body)
         if not isinstance(obj, dict):
             raise Problem(400, "body must be a JSON object")
         extra = set(obj) - {"inputs", "terms", "grad", "encoding"}
@@ -326,7 +352,10 @@ class Service:
             if not isinstance(t, torch.Tensor) or not (t.is_floating_point() or t.dtype != torch.bool):
                 raise field_error(("grad", n), "not a numeric tensor")
         comp = Composite(terms, {k: v for k, v in shared.items() if isinstance(v, torch.Tensor)}, names)
-        res: CompositeResult = await self._submit(Engine.run_composite, comp, deadline=deadline)
+        return comp, b64
+
+    @staticmethod
+    def _encode_composite(res: CompositeResult, b64: bool) -> bytes:
         return codecs.dumps(
             {
                 "value": codecs.encode_value(res.value),
