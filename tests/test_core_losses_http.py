@@ -181,10 +181,10 @@ def test_integer_input_is_converted_to_float32(server: Server) -> None:
 def test_large_json_bodies(server: Server) -> None:
     """Bodies over LOSSD_INLINE_MAX_BYTES take the host pool and the numpy fast path: same answers."""
     g = torch.Generator().manual_seed(6)
-    x = torch.randn(512, 100, generator=g)
-    t = torch.randint(0, 100, (512,), generator=g)
+    x = torch.randn(2048, 100, generator=g)
+    t = torch.randint(0, 100, (2048,), generator=g)
     body = dumps({"inputs": {"input": x.numpy(), "target": t.numpy()}, "grad": True})
-    assert len(body) > 65536
+    assert len(body) > 1024 * 1024  # codecs.LARGE_BODY: the simdjson path
     r = httpx.post(f"{server.url}/v1/losses/cross_entropy", content=body, headers={"content-type": "application/json"})
     assert r.status_code == 200, r.text
     xr = x.clone().requires_grad_(True)
@@ -192,7 +192,7 @@ def test_large_json_bodies(server: Server) -> None:
     ref.backward()
     assert r.json()["value"] == pytest.approx(float(ref), rel=1e-6)
     torch.testing.assert_close(decode(r.json()["grads"]["input"]), xr.grad)
-    ragged = dumps({"inputs": {"input": [[0.5] * 100] * 600 + [[0.5] * 99], "target": [0] * 601}})
+    ragged = dumps({"inputs": {"input": [[0.5] * 100] * 3000 + [[0.5] * 99], "target": [0] * 3001}})
     r = httpx.post(
         f"{server.url}/v1/losses/cross_entropy", content=ragged, headers={"content-type": "application/json"}
     )

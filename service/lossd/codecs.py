@@ -307,6 +307,8 @@ def loads(body: bytes | bytearray | memoryview) -> Any:
 
 
 LARGE_ARRAY = 4096  # numbers; smaller arrays are cheap enough as Python objects
+# Bodies below this go to orjson: for many small arrays (a batch of small calls) it is faster.
+LARGE_BODY = 1024 * 1024
 
 
 class _Fallback(Exception):
@@ -366,11 +368,26 @@ def _convert(node: Any, brackets: list[int], tensors: bool) -> Any:
             arr = _numeric(node, brackets)
             if arr is not None:
                 return arr
-        brackets[0] += 1
-        return [_convert(v, brackets, tensors) for v in node]
+        if len(node) and isinstance(node[0], simdjson.Object):  # a batch's calls: look inside each
+            brackets[0] += 1
+            return [_convert(v, brackets, tensors) for v in node]
+        value = node.as_list()  # small or not numeric: converted in one go
+        brackets[0] += _brackets_in(value)
+        return value
     if isinstance(node, str):
         brackets[0] += node.count("[")
     return node
+
+
+def _brackets_in(value: Any) -> int:
+    """How many "[" the JSON text of an already converted value holds."""
+    if isinstance(value, list):
+        return 1 + sum(_brackets_in(v) for v in value if isinstance(v, (list, str, dict)))
+    if isinstance(value, str):
+        return value.count("[")
+    if isinstance(value, dict):
+        return sum(k.count("[") + _brackets_in(v) for k, v in value.items())
+    return 0
 
 
 def _numeric(node: Any, brackets: list[int]) -> np.ndarray | None:

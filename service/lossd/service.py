@@ -174,7 +174,7 @@ class Service:
 
     def _loads(self, body: memoryview) -> Any:
         """JSON bodies; large ones read their big numeric arrays straight into numpy."""
-        if len(body) > self.settings.inline_max_bytes:
+        if len(body) > codecs.LARGE_BODY:
             return codecs.loads_large(body)
         return codecs.loads(body)
 
@@ -238,10 +238,13 @@ class Service:
     # -- batch ---------------------------------------------------------------------------
 
     async def batch(self, body: memoryview, key: str | None, deadline: float) -> bytes:
+        """Many small calls: decoded, run and encoded in one trip to a device worker."""
         small = len(body) <= self.settings.inline_max_bytes
-        calls, b64 = await self._host(small, self._prepare_batch, body, key)
-        results = await self._submit(Engine.run_many, calls, deadline=deadline)
-        return await self._host(small, self._encode_batch, results, b64)
+        return await self._submit(self._batch_job, body, key, deadline=deadline, inline=small)
+
+    def _batch_job(self, engine: Engine, body: memoryview, key: str | None) -> bytes:
+        calls, b64 = self._prepare_batch(body, key)
+        return self._encode_batch(engine.run_many(calls), b64)
 
     def _prepare_batch(self, body: memoryview, key: str | None) -> tuple[list[Call | Problem], bool]:
         obj = self._loads(body)
@@ -276,7 +279,7 @@ class Service:
     async def composite(self, body: memoryview, key: str | None, deadline: float) -> bytes:
         small = len(body) <= self.settings.inline_max_bytes
         comp, b64 = await self._host(small, self._prepare_composite, body, key)
-        res = await self._submit(Engine.run_composite, comp, deadline=deadline)
+        res = await self._submit(Engine.run_composite, comp, deadline=deadline, inline=small)
         return await self._host(small, self._encode_composite, res, b64)
 
     def _prepare_composite(self, body: memoryview, key: str | None) -> tuple[Composite, bool]:
