@@ -37,8 +37,6 @@ VGGLayer = Literal[
     "relu5_3",
 ]
 DEFAULT_LAYERS: tuple[str, ...] = ("relu1_2", "relu2_2", "relu3_3", "relu4_3")
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class PerceptualParams(Reduced):
@@ -91,9 +89,7 @@ def perceptual(
     def prep(x: torch.Tensor) -> torch.Tensor:
         if not normalize:
             return x
-        mean = torch.tensor(IMAGENET_MEAN, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-        std = torch.tensor(IMAGENET_STD, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-        return (x - mean) / std
+        return resource.normalize(x)
 
     fx = resource.features(prep(input), indices)
     with torch.no_grad():

@@ -141,6 +141,10 @@ def _key_order(key: str) -> tuple[int, str]:
     return (int(idx) if idx.isdigit() else 1 << 30, rest)
 
 
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
 class VGG16Features:
     """Frozen VGG16 features on one device; float32 as loaded, with a float64 copy made on first use."""
 
@@ -150,6 +154,19 @@ class VGG16Features:
         net = vgg16_features()
         net.load_state_dict(state_dict)
         self._nets: dict[torch.dtype, nn.Sequential] = {torch.float32: self._freeze(net.to(device))}
+        # ImageNet's statistics, resident on the device next to the weights.
+        self._stats = {torch.float32: self._imagenet(torch.float32)}
+
+    def _imagenet(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        mean = torch.tensor(IMAGENET_MEAN, dtype=dtype, device=self.device).view(1, 3, 1, 1)
+        std = torch.tensor(IMAGENET_STD, dtype=dtype, device=self.device).view(1, 3, 1, 1)
+        return mean, std
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """``(x - mean) / std`` with ImageNet's per-channel statistics."""
+        self.net(x.dtype)  # makes the dtype's copy (weights and statistics) on first use
+        mean, std = self._stats[x.dtype]
+        return (x - mean) / std
 
     @staticmethod
     def _freeze(net: nn.Sequential) -> nn.Sequential:
@@ -171,6 +188,7 @@ class VGG16Features:
                 copy = vgg16_features().to(self.device)
                 copy.load_state_dict(src.state_dict())
                 found = self._freeze(copy.to(dtype))
+                self._stats[dtype] = self._imagenet(dtype)
                 self._nets[dtype] = found
             return found
 
