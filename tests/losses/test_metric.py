@@ -346,3 +346,15 @@ def test_info_nce_check_and_params():
     for bad in [0.0, -0.1]:
         with pytest.raises(ValidationError):
             M.InfoNCEParams(temperature=bad)
+
+
+def test_info_nce_similarity_matrix_is_bounded() -> None:
+    from lossd.losses.metric import INFO_NCE, MAX_SIMILARITIES, InfoNCEParams
+    from lossd.spec import InputError
+
+    n = int(MAX_SIMILARITIES**0.5) // 2
+    assert INFO_NCE.check is not None
+    INFO_NCE.check({"z1": torch.zeros(n, 1), "z2": torch.zeros(n, 1)}, InfoNCEParams())
+    with pytest.raises(InputError) as e:
+        INFO_NCE.check({"z1": torch.zeros(n + 1, 1), "z2": torch.zeros(n + 1, 1)}, InfoNCEParams())
+    assert e.value.status == 413 and e.value.loc == ("inputs", "z1")

@@ -260,6 +260,17 @@ def _check_info_nce(inputs: Mapping[str, Any], _p: Any) -> None:
     require_same_shape(z1, inputs["z2"], "z1", "z2")
     if z1.shape[0] == 0:
         raise InputError(("inputs", "z1"), "expected at least one pair (N >= 1)")
+    # The similarity matrix is (2N)^2: bound it so that one call cannot take the device's memory.
+    if (2 * z1.shape[0]) ** 2 > MAX_SIMILARITIES:
+        raise InputError(
+            ("inputs", "z1"),
+            f"{z1.shape[0]} pairs need a ({2 * z1.shape[0]})^2 similarity matrix, over the limit of "
+            f"{MAX_SIMILARITIES} entries per call (N <= {int(MAX_SIMILARITIES**0.5) // 2})",
+            status=413,
+        )
+
+
+MAX_SIMILARITIES = 1 << 28  # 1 GiB of float32
 
 
 INFO_NCE = LossSpec(
