@@ -421,3 +421,22 @@ def test_edit_distance_work_is_bounded() -> None:
         EDIT_DISTANCE.check({"hypothesis": [long], "truth": [long]}, EditDistanceParams())
     assert e.value.status == 413 and str(MAX_EDIT_CELLS) in e.value.msg
     EDIT_DISTANCE.check({"hypothesis": ["a" * 1000], "truth": ["b" * 1000]}, EditDistanceParams())
+
+
+def test_ctc_work_is_bounded() -> None:
+    from lossd.losses.sequences import MAX_CTC_CELLS
+
+    assert CTC.check is not None
+    T = 1 << 20
+    x = torch.zeros(T, 1, 3)
+    inputs = {
+        "input": x,
+        "targets": torch.ones(1, 1024, dtype=torch.int64),
+        "input_lengths": torch.tensor([T]),
+        "target_lengths": torch.tensor([1024]),
+    }
+    assert T * (2 * 1024 + 1) > MAX_CTC_CELLS
+    with pytest.raises(InputError) as e:
+        CTC.check(inputs, CTCParams())
+    assert e.value.status == 413 and e.value.loc == ("inputs", "target_lengths")
+    CTC.check({**inputs, "target_lengths": torch.tensor([100])}, CTCParams())

@@ -121,6 +121,9 @@ def ctc(
     return loss
 
 
+MAX_CTC_CELLS = 1 << 30  # a few seconds of the CPU recursion
+
+
 def _check_ctc(inputs: Mapping[str, Any], p: CTCParams) -> None:
     x = inputs["input"]
     require_ndim(x, "input", 3, "(T,N,C)")
@@ -154,6 +157,15 @@ def _check_ctc(inputs: Mapping[str, Any], p: CTCParams) -> None:
                 f"target lengths sum to {total} but the concatenated targets have {tg.shape[0]} labels",
             )
         labels = tg
+    # The forward-backward recursion visits T_n * (2*S_n + 1) cells per sample: bound the call's work.
+    cells = int((il.to(torch.int64) * (2 * tl.to(torch.int64) + 1)).sum().item())
+    if cells > MAX_CTC_CELLS:
+        raise InputError(
+            ("inputs", "target_lengths"),
+            f"{cells} alignment cells (sum of input_length*(2*target_length+1)) is over the limit of "
+            f"{MAX_CTC_CELLS} per call; split the call",
+            status=413,
+        )
     if labels.numel():
         bad_range = (labels < 0) | (labels >= C)
         if bool(bad_range.any()):
