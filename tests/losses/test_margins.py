@@ -674,3 +674,20 @@ def test_input_kinds() -> None:
     assert kinds["multilabel_soft_margin"]["weight"] == ("float", False)
     for name in ("hinge", "squared_hinge", "exponential", "soft_margin", "hinge_embedding", "categorical_hinge"):
         assert kinds[name] == {"input": ("float", True), "target": ("float", True)}
+
+
+def test_multilabel_margin_work_is_bounded() -> None:
+    from lossd.losses.margins import MAX_MULTILABEL_WORK, MULTILABEL_MARGIN
+    from lossd.spec import InputError as Err
+
+    c = 1 << 17
+    x = torch.zeros(1, c)
+    full = torch.arange(c).reshape(1, c)  # every class a label: C*C comparisons
+    assert c * c > MAX_MULTILABEL_WORK
+    assert MULTILABEL_MARGIN.check is not None
+    with pytest.raises(Err) as e:
+        MULTILABEL_MARGIN.check({"input": x, "target": full}, MULTILABEL_MARGIN.params())
+    assert e.value.status == 413
+    few = torch.full((1, c), -1)
+    few[0, :3] = torch.tensor([0, 1, 2])
+    MULTILABEL_MARGIN.check({"input": x, "target": few}, MULTILABEL_MARGIN.params())

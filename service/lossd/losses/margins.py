@@ -345,7 +345,18 @@ def _check_multilabel_margin(inputs: Mapping[str, Any], _p: Any) -> None:
     if t.numel() and not bool(((t >= -1) & (t < c)).all()):
         bad = t[(t < -1) | (t >= c)][0].item()
         raise InputError(("inputs", "target"), f"class index {bad} out of range [0, {c}) (or -1 padding)")
+    # torch compares every label with every class: labels * C steps per sample.
+    work = int((t >= 0).sum().item()) * c
+    if work > MAX_MULTILABEL_WORK:
+        raise InputError(
+            ("inputs", "target"),
+            f"{work} label-class comparisons (labels * C) is over the limit of {MAX_MULTILABEL_WORK} per call; "
+            "split the call",
+            status=413,
+        )
 
+
+MAX_MULTILABEL_WORK = 1 << 32  # a few seconds on one core
 
 MULTILABEL_MARGIN = LossSpec(
     name="multilabel_margin",
