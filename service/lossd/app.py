@@ -212,9 +212,9 @@ def create_app(settings: Settings | None = None, service: Service | None = None)
             body = await read_body(request, settings.max_body_bytes)
             return Response(await run(body, key, deadline), media_type=JSON)
 
-    # The three compute endpoints are plain Starlette routes: FastAPI's parameter solving
-    # costs more than the whole small-call path, and their bodies (JSON or safetensors) are
-    # decoded by the codecs anyway. Their OpenAPI entries come from lossd.openapi.
+    # The three compute endpoints are plain Starlette routes: their bodies (JSON or
+    # safetensors) are decoded by the codecs, so FastAPI's parameter solving would only add
+    # per-request work on the hottest path. Their OpenAPI entries come from lossd.openapi.
     async def compute(request: Request) -> Response:
         request.state.endpoint = "/v1/losses/{name}"
         return await loss_call(request, request.path_params["name"])
