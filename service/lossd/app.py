@@ -238,7 +238,7 @@ def create_app(settings: Settings | None = None, service: Service | None = None)
     @app.get("/v1/losses", tags=["catalogue"], summary="The loss catalogue", operation_id="list_losses")
     async def list_losses(request: Request) -> Response:
         authenticate(request)
-        return Response(orjson.dumps({"losses": [svc.loss_info(s) for s in svc.catalogue]}), media_type=JSON)
+        return Response(svc.catalogue_json(), media_type=JSON)
 
     @app.get("/v1/losses/{name}", tags=["catalogue"], summary="One loss of the catalogue", operation_id="get_loss")
     async def get_loss(name: str, request: Request) -> Response:

@@ -227,7 +227,7 @@ def _decode_b64(s: Any, dtype: str, shape: list[int], n: int, loc: Sequence[str 
     if not isinstance(s, str):
         raise _bad(loc, "b64 must be a string")
     tdtype = DTYPES[dtype]
-    itemsize = torch.empty((), dtype=tdtype).element_size()
+    itemsize = tdtype.itemsize
     if len(s) > 4 * ((n * itemsize + 2) // 3) + 4:
         raise _bad(loc, f"b64 data is longer than shape {shape} and dtype {dtype} allow")
     try:
@@ -464,7 +464,7 @@ def read_safetensors(body: memoryview | bytearray, limits: Limits) -> tuple[dict
             raise _bad(loc, "data_offsets must be [begin, end]")
         begin, end = offs
         dtype = ST_DTYPES[info["dtype"]]
-        itemsize = torch.empty((), dtype=dtype).element_size()
+        itemsize = dtype.itemsize
         if not (0 <= begin <= end and base + end <= len(body)) or end - begin != numel * itemsize:
             raise _bad(loc, f"data_offsets {offs} do not match shape {shape} and dtype {info['dtype']}")
         plan.append((name, dtype, shape, base + begin, numel))
@@ -472,9 +472,9 @@ def read_safetensors(body: memoryview | bytearray, limits: Limits) -> tuple[dict
     for name, dtype, shape, offset, numel in plan:
         if numel == 0:
             tensors[name] = torch.empty(shape, dtype=dtype)
-        elif offset % torch.empty((), dtype=dtype).element_size():
+        elif offset % dtype.itemsize:
             # Misaligned data (a writer that does not pad its header): copy rather than view.
-            size = numel * torch.empty((), dtype=dtype).element_size()
+            size = numel * dtype.itemsize
             tensors[name] = torch.frombuffer(bytearray(body[offset : offset + size]), dtype=dtype).reshape(shape)
         else:
             tensors[name] = torch.frombuffer(body, dtype=dtype, count=numel, offset=offset).reshape(shape)

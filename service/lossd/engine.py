@@ -221,22 +221,24 @@ class Engine:
 
     def run(self, call: Call) -> Result:
         """Run one prepared call on the device; OOM becomes 503, other runtime errors 422."""
-        try:
+        with self._device_errors(f"this {call.spec.name} call", call.spec.name):
             return self._run(call)
+
+    @contextlib.contextmanager
+    def _device_errors(self, what: str, name: str) -> Iterator[None]:
+        """Device failures as problems: out of memory is 503 (and the cache is freed), anything else 422."""
+        try:
+            yield
         except torch.cuda.OutOfMemoryError:
             self._recover()
-            raise Problem(
-                503, f"the device ran out of memory for this {call.spec.name} call", headers={"Retry-After": "1"}
-            ) from None
+            raise Problem(503, f"the device ran out of memory for {what}", headers={"Retry-After": "1"}) from None
         except (RuntimeError, ValueError, IndexError) as e:
             # The host checks should have caught it; a client-caused failure is still not a 500.
-            log.warning("%s raised on %s: %s", call.spec.name, self.device, e)
+            log.warning("%s raised on %s: %s", name, self.device, e)
             if "out of memory" in str(e):
                 self._recover()
-                raise Problem(
-                    503, f"the device ran out of memory for this {call.spec.name} call", headers={"Retry-After": "1"}
-                ) from None
-            raise Problem(422, f"{call.spec.name} could not be computed for these inputs: {e}") from None
+                raise Problem(503, f"the device ran out of memory for {what}", headers={"Retry-After": "1"}) from None
+            raise Problem(422, f"{name} could not be computed for these inputs: {e}") from None
 
     def _recover(self) -> None:
         if self.device.type == "cuda":
@@ -299,16 +301,8 @@ class Engine:
         return out
 
     def run_composite(self, comp: Composite) -> CompositeResult:
-        try:
+        with self._device_errors("this composite call", "the composite"):
             return self._run_composite(comp)
-        except torch.cuda.OutOfMemoryError:
-            self._recover()
-            raise Problem(
-                503, "the device ran out of memory for this composite call", headers={"Retry-After": "1"}
-            ) from None
-        except (RuntimeError, ValueError, IndexError) as e:
-            log.warning("composite raised on %s: %s", self.device, e)
-            raise Problem(422, f"the composite could not be computed for these inputs: {e}") from None
 
     def _run_composite(self, comp: Composite) -> CompositeResult:
         leaves: dict[str, torch.Tensor] = {}

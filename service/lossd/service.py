@@ -63,6 +63,8 @@ class Service:
         self.host_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="lossd-host")
         self.ready = False
         self.draining = False
+        self._infos: dict[str, dict[str, Any]] = {}
+        self._catalogue_json: bytes | None = None
         self._text_inputs = {s.name: frozenset(i.name for i in s.inputs if i.kind == "text") for s in self.catalogue}
 
     # -- lifecycle ----------------------------------------------------------------------
@@ -208,14 +210,10 @@ class Service:
         are decoded and encoded on the host pool and computed on the device worker."""
         spec = self.spec(name)
         media = SAFETENSORS if binary_out else JSON
-        if len(body) <= self.settings.inline_max_bytes:
-            call, b64 = self.decode_call(spec, body, binary_in)
-            result = await self._submit(Engine.run, call, deadline=deadline, inline=True)
-            return self.encode_result(result, b64, binary_out), media
-        loop = asyncio.get_running_loop()
-        call, b64 = await loop.run_in_executor(self.host_pool, self.decode_call, spec, body, binary_in)
-        result = await self._submit(Engine.run, call, deadline=deadline)
-        return await loop.run_in_executor(self.host_pool, self.encode_result, result, b64, binary_out), media
+        small = len(body) <= self.settings.inline_max_bytes
+        call, b64 = await self._host(small, self.decode_call, spec, body, binary_in)
+        result = await self._submit(Engine.run, call, deadline=deadline, inline=small)
+        return await self._host(small, self.encode_result, result, b64, binary_out), media
 
     def result_json(self, r: Result, b64: bool) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -370,6 +368,18 @@ class Service:
     # -- catalogue and info ------------------------------------------------------------
 
     def loss_info(self, spec: LossSpec) -> dict[str, Any]:
+        """The catalogue entry of one loss (built once: specs and availability are fixed at start-up)."""
+        info = self._infos.get(spec.name)
+        if info is None:
+            info = self._infos[spec.name] = self._build_info(spec)
+        return info
+
+    def catalogue_json(self) -> bytes:
+        if self._catalogue_json is None:
+            self._catalogue_json = orjson.dumps({"losses": [self.loss_info(s) for s in self.catalogue]})
+        return self._catalogue_json
+
+    def _build_info(self, spec: LossSpec) -> dict[str, Any]:
         unavailable = self.engines[0].unavailable.get(spec.name)
         return {
             "name": spec.name,

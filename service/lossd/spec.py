@@ -164,13 +164,13 @@ def require_shape(t: torch.Tensor, name: str, shape: Sequence[int], what: str = 
 
 
 def require_broadcastable(t: torch.Tensor, name: str, to: Sequence[int]) -> None:
+    """``t`` broadcasts to exactly ``to`` (it may not grow the result's shape)."""
+    want = "(" + ",".join(str(s) for s in to) + ")"
     try:
-        torch.broadcast_shapes(tuple(t.shape), tuple(to))
+        shape = torch.broadcast_shapes(tuple(t.shape), tuple(to))
     except RuntimeError:
-        want = "(" + ",".join(str(s) for s in to) + ")"
         raise InputError(loc(name), f"shape {shape_str(t)} does not broadcast to {want}") from None
-    if torch.broadcast_shapes(tuple(t.shape), tuple(to)) != torch.Size(to):
-        want = "(" + ",".join(str(s) for s in to) + ")"
+    if shape != torch.Size(to):
         raise InputError(loc(name), f"shape {shape_str(t)} does not broadcast to {want}")
 
 
