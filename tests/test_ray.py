@@ -93,6 +93,14 @@ def test_two_replicas_answer_loss_calls_through_ray_proxy() -> None:
 
             with ThreadPoolExecutor(8) as pool:
                 responses = list(pool.map(call, cases))
+                # Small calls finish in microseconds, so Ray's router may keep choosing one replica
+                # (or learn of the second late): send more, bounded in count and time, until both answer.
+                stop = time.monotonic() + 60
+                for _ in range(20):
+                    if len({r.headers["x-lossd-replica"] for r in responses}) > 1 or time.monotonic() > stop:
+                        break
+                    cases += cases[:24]
+                    responses += list(pool.map(call, cases[-24:]))
             replicas = set()
             for (x, y), r in zip(cases, responses):
                 assert r.status_code == 200, r.text
