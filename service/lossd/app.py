@@ -195,7 +195,7 @@ def create_app(settings: Settings | None = None, service: Service | None = None)
         deadline = svc.deadline(request.headers.get("x-deadline-ms"))
         with svc.slot():
             body = await read_body(request, settings.max_body_bytes)
-            content, media = await svc.compute(name, body, binary_in, binary_out, deadline)
+            content, media = await svc.compute(spec, body, binary_in, binary_out, deadline)
         if isinstance(content, list):
             return ChunkedBody(content, media)
         return Response(content, media_type=media)

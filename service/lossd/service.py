@@ -203,12 +203,11 @@ class Service:
         return codecs.dumps(self.result_json(result, b64))
 
     async def compute(
-        self, name: str, body: memoryview, binary_in: bool, binary_out: bool, deadline: float
+        self, spec: LossSpec, body: memoryview, binary_in: bool, binary_out: bool, deadline: float
     ) -> tuple[bytes | list[memoryview], str]:
         """One loss call. Small bodies are handled on the event loop and, on the CPU, computed
         there too (a thread hand-off costs more than their microseconds of work); large ones
         are decoded and encoded on the host pool and computed on the device worker."""
-        spec = self.spec(name)
         media = SAFETENSORS if binary_out else JSON
         small = len(body) <= self.settings.inline_max_bytes
         call, b64 = await self._host(small, self.decode_call, spec, body, binary_in)
