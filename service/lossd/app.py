@@ -7,9 +7,8 @@ import itertools
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 
-import numpy as np
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -17,13 +16,13 @@ from fastapi.responses import Response
 from fastapi_offline import FastAPIOffline
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import lossd
+from lossd.endpoints import ComputeEndpoints
 from lossd.errors import Problem
 from lossd.openapi import install_openapi
-from lossd.service import JSON, SAFETENSORS, Service, warmup_async
+from lossd.service import JSON, Service, warmup_async
 from lossd.settings import Settings
 
 log = logging.getLogger("lossd")
@@ -38,11 +37,13 @@ def problem_response(p: Problem, request_id: str | None = None) -> Response:
 
 
 class RequestContext:
-    """Pure ASGI middleware: X-Request-ID on every response, metrics, and no bare 500s."""
+    """Pure ASGI middleware: X-Request-ID on every response, metrics, no bare 500s, and the
+    compute endpoints (answered by :class:`lossd.endpoints.ComputeEndpoints`, not FastAPI)."""
 
-    def __init__(self, app: ASGIApp, service: Service) -> None:
+    def __init__(self, app: ASGIApp, service: Service, settings: Settings) -> None:
         self.app = app
         self.service = service
+        self.compute = ComputeEndpoints(service, settings)
         # Unique per process and cheap: uuid4 per request costs a getrandom syscall.
         self._prefix = os.urandom(8).hex()
         self._ids = itertools.count(1)
@@ -62,6 +63,20 @@ class RequestContext:
         started = False
         status = 500
         t0 = time.perf_counter()
+        route = self.compute.route(scope)
+        if route is not None:
+            state["endpoint"] = route
+            try:
+                status = await self.compute(scope, receive, send, route, rid, state)
+            except Exception:
+                log.exception("unhandled error for %s %s", scope.get("method"), scope.get("path"))
+                # The compute endpoints send nothing before their answer is complete.
+                await problem_response(
+                    Problem(500, "internal error; the request id identifies it in the server log"), rid
+                )(scope, receive, send)
+            if status:
+                self.service.metrics.observe(route, state.get("loss", ""), status, time.perf_counter() - t0)
+            return
 
         async def send_with_id(message: Message) -> None:
             nonlocal started, status
@@ -80,72 +95,8 @@ class RequestContext:
                     Problem(500, "internal error; the request id identifies it in the server log"), rid
                 )(scope, receive, send_with_id)
         finally:
-            # FastAPI routes leave themselves in the scope; the Starlette compute routes name
-            # their endpoint in the request state.
-            endpoint = state.get("endpoint") or getattr(scope.get("route"), "path", "other")
+            endpoint = getattr(scope.get("route"), "path", "other")
             self.service.metrics.observe(endpoint, state.get("loss", ""), status, time.perf_counter() - t0)
-
-
-async def read_body(request: Request, limit: int) -> memoryview:
-    """The request body, refused with 413 as soon as it is known to be over the limit.
-
-    With a Content-Length the buffer is allocated once, uninitialised, and filled in place:
-    large safetensors bodies are then viewed, never copied, on their way to the device.
-    """
-    cl = request.headers.get("content-length")
-    if cl is None:
-        chunked = bytearray()
-        async for chunk in request.stream():
-            chunked += chunk
-            if len(chunked) > limit:
-                raise Problem(413, f"body is over the limit of {limit} bytes")
-        return memoryview(chunked)
-    try:
-        n = int(cl)
-    except ValueError:
-        raise Problem(400, "invalid Content-Length") from None
-    if n > limit:
-        raise Problem(413, f"body of {n} bytes is over the limit of {limit} bytes")
-    view = np.empty(n, dtype=np.uint8).data  # bytearray(n) would zero-fill it first
-    pos = 0
-    async for chunk in request.stream():
-        end = pos + len(chunk)
-        if end > n:
-            raise Problem(400, "body is longer than its Content-Length")
-        view[pos:end] = chunk
-        pos = end
-    if pos != n:
-        raise Problem(400, "body is shorter than its Content-Length")
-    return view
-
-
-class ChunkedBody(Response):
-    """A response sent as several body messages (safetensors: header, then each tensor's memory)."""
-
-    def __init__(self, chunks: list[memoryview], media_type: str) -> None:
-        self.chunks = chunks
-        super().__init__(b"", media_type=media_type)
-        self.headers["content-length"] = str(sum(c.nbytes for c in chunks))
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
-        last = len(self.chunks) - 1
-        for i, chunk in enumerate(self.chunks):
-            await send({"type": "http.response.body", "body": chunk, "more_body": i < last})
-
-
-def content_kind(request: Request) -> bool:
-    """True for a safetensors body, False for JSON; 415 for anything else."""
-    ctype = request.headers.get("content-type", JSON).split(";")[0].strip().lower()
-    if ctype in (JSON, ""):
-        return False
-    if ctype == SAFETENSORS:
-        return True
-    raise Problem(415, f"unsupported Content-Type {ctype!r}: use {JSON} or {SAFETENSORS}")
-
-
-def client_of(request: Request) -> str:
-    return request.client.host if request.client else "unknown"
 
 
 def create_app(settings: Settings | None = None, service: Service | None = None) -> FastAPI:
@@ -166,7 +117,7 @@ def create_app(settings: Settings | None = None, service: Service | None = None)
         lifespan=lifespan,
     )
     app.state.service = svc
-    app.add_middleware(RequestContext, service=svc)
+    app.add_middleware(RequestContext, service=svc, settings=settings)
 
     @app.exception_handler(Problem)
     async def on_problem(request: Request, exc: Problem) -> Response:
@@ -183,57 +134,6 @@ def create_app(settings: Settings | None = None, service: Service | None = None)
 
     def authenticate(request: Request) -> str | None:
         return svc.keys.authenticate(request.headers.get("authorization"), request.headers.get("x-api-key"))
-
-    async def loss_call(request: Request, name: str) -> Response:
-        key = authenticate(request)
-        spec = svc.spec(name)
-        request.state.loss = spec.name
-        svc.keys.authorize(key, spec.name)
-        svc.admit(key, client_of(request))
-        binary_in = content_kind(request)
-        binary_out = binary_in or SAFETENSORS in request.headers.get("accept", "")
-        deadline = svc.deadline(request.headers.get("x-deadline-ms"))
-        with svc.slot():
-            body = await read_body(request, settings.max_body_bytes)
-            content, media = await svc.compute(spec, body, binary_in, binary_out, deadline)
-        if isinstance(content, list):
-            return ChunkedBody(content, media)
-        return Response(content, media_type=media)
-
-    async def multi_call(
-        request: Request, run: Callable[[memoryview, str | None, float], Awaitable[bytes]]
-    ) -> Response:
-        key = authenticate(request)
-        svc.admit(key, client_of(request))
-        if content_kind(request):
-            raise Problem(415, "batch and composite bodies are JSON")
-        deadline = svc.deadline(request.headers.get("x-deadline-ms"))
-        with svc.slot():
-            body = await read_body(request, settings.max_body_bytes)
-            return Response(await run(body, key, deadline), media_type=JSON)
-
-    # The three compute endpoints are plain Starlette routes: their bodies (JSON or
-    # safetensors) are decoded by the codecs, so FastAPI's parameter solving would only add
-    # per-request work on the hottest path. Their OpenAPI entries come from lossd.openapi.
-    async def compute(request: Request) -> Response:
-        request.state.endpoint = "/v1/losses/{name}"
-        return await loss_call(request, request.path_params["name"])
-
-    async def batch(request: Request) -> Response:
-        request.state.endpoint = "/v1/batch"
-        return await multi_call(request, svc.batch)
-
-    async def composite(request: Request) -> Response:
-        request.state.endpoint = "/v1/composite"
-        return await multi_call(request, svc.composite)
-
-    app.router.routes.extend(
-        [
-            Route("/v1/losses/{name}", compute, methods=["POST"]),
-            Route("/v1/batch", batch, methods=["POST"]),
-            Route("/v1/composite", composite, methods=["POST"]),
-        ]
-    )
 
     @app.get("/v1/losses", tags=["catalogue"], summary="The loss catalogue", operation_id="list_losses")
     async def list_losses(request: Request) -> Response:

@@ -1,0 +1,213 @@
+"""The three compute endpoints as plain ASGI: ``POST /v1/losses/{name}``, ``/v1/batch``, ``/v1/composite``.
+
+They are the hot path. A (32,10) cross_entropy call costs about 100 µs of codec and compute
+work, and Starlette's Request object, router and exception middleware would add as much
+again, so these endpoints read the ASGI scope and messages themselves. Everything else
+(catalogue, operations, docs) is FastAPI, in :mod:`lossd.app`; the OpenAPI entries of these
+three come from :mod:`lossd.openapi`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+import numpy as np
+import orjson
+from starlette.types import Receive, Scope, Send
+
+from lossd.errors import Problem
+from lossd.service import JSON, SAFETENSORS, Service
+from lossd.settings import Settings
+
+PROBLEM = b"application/problem+json"
+LOSS_PREFIX = "/v1/losses/"
+LOSS_ROUTE = "/v1/losses/{name}"
+MULTI_ROUTES = ("/v1/batch", "/v1/composite")
+
+Headers = dict[bytes, bytes]
+Body = bytes | list[memoryview]
+
+
+class Disconnected(Exception):
+    """The client went away before its body was read: there is no one to answer."""
+
+
+def route_path(scope: Scope) -> str:
+    """The path without the ASGI root_path (set behind a prefix, as by Ray Serve)."""
+    path: str = scope["path"]
+    root: str = scope.get("root_path", "")
+    if root and path.startswith(root):
+        path = path[len(root) :]
+    return path
+
+
+def problem_message(p: Problem, request_id: str) -> tuple[list[tuple[bytes, bytes]], bytes]:
+    """The headers and application/problem+json body of an error answer."""
+    body = orjson.dumps(p.body())
+    headers = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in p.headers.items()]
+    headers += [
+        (b"content-type", PROBLEM),
+        (b"content-length", str(len(body)).encode()),
+        (b"x-request-id", request_id.encode("latin-1")),
+    ]
+    return headers, body
+
+
+def content_kind(headers: Headers) -> bool:
+    """True for a safetensors body, False for JSON (the default); 415 for anything else."""
+    raw = headers.get(b"content-type")
+    if raw is None:
+        return False
+    ctype = raw.decode("latin-1").split(";")[0].strip().lower()
+    if ctype in (JSON, ""):
+        return False
+    if ctype == SAFETENSORS:
+        return True
+    raise Problem(415, f"unsupported Content-Type {ctype!r}: use {JSON} or {SAFETENSORS}")
+
+
+def _text(headers: Headers, name: bytes) -> str | None:
+    v = headers.get(name)
+    return None if v is None else v.decode("latin-1")
+
+
+async def read_body(receive: Receive, headers: Headers, limit: int, writable: bool) -> memoryview:
+    """The request body, refused with 413 as soon as it is known to be over the limit.
+
+    A body that arrives in one message is used as it is (no copy) unless ``writable`` is asked
+    for (safetensors tensors are views over the body, and torch wants writable memory). With a
+    Content-Length, larger bodies are gathered into one uninitialised buffer allocated up front.
+    """
+    cl = headers.get(b"content-length")
+    if cl is None:
+        chunked = bytearray()
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise Disconnected
+            chunked += message.get("body", b"")
+            if len(chunked) > limit:
+                raise Problem(413, f"body is over the limit of {limit} bytes")
+            if not message.get("more_body", False):
+                return memoryview(chunked)
+    try:
+        n = int(cl)
+    except ValueError:
+        raise Problem(400, "invalid Content-Length") from None
+    if n > limit:
+        raise Problem(413, f"body of {n} bytes is over the limit of {limit} bytes")
+    message = await receive()
+    if message["type"] == "http.disconnect":
+        raise Disconnected
+    first: bytes = message.get("body", b"")
+    more: bool = message.get("more_body", False)
+    if not more and not writable:
+        if len(first) != n:
+            raise Problem(400, "body length does not match its Content-Length")
+        return memoryview(first)
+    view = np.empty(n, dtype=np.uint8).data  # bytearray(n) would zero-fill it first
+    pos = 0
+    while True:
+        end = pos + len(first)
+        if end > n:
+            raise Problem(400, "body is longer than its Content-Length")
+        view[pos:end] = first
+        pos = end
+        if not more:
+            break
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise Disconnected
+        first = message.get("body", b"")
+        more = message.get("more_body", False)
+    if pos != n:
+        raise Problem(400, "body is shorter than its Content-Length")
+    return view
+
+
+class ComputeEndpoints:
+    """Answers the compute endpoints; :meth:`route` says whether a request is one of them."""
+
+    def __init__(self, service: Service, settings: Settings) -> None:
+        self.svc = service
+        self.settings = settings
+
+    @staticmethod
+    def route(scope: Scope) -> str | None:
+        """The route template of a compute request, else None (FastAPI answers it)."""
+        path = route_path(scope)
+        if path.startswith(LOSS_PREFIX):
+            name = path[len(LOSS_PREFIX) :]
+            if scope["method"] == "POST" and name and "/" not in name:
+                return LOSS_ROUTE
+            return None
+        if path in MULTI_ROUTES:
+            return path
+        return None
+
+    async def __call__(
+        self, scope: Scope, receive: Receive, send: Send, route: str, request_id: str, state: dict[str, str]
+    ) -> int:
+        """Answer one request; returns the status sent (0 when the client had gone)."""
+        headers: Headers = dict(scope["headers"])
+        try:
+            if route == LOSS_ROUTE:
+                body, media = await self._loss(scope, receive, headers, state)
+            elif scope["method"] != "POST":
+                raise Problem(405, "method not allowed; use POST", headers={"Allow": "POST"})
+            else:
+                run = self.svc.batch if route == "/v1/batch" else self.svc.composite
+                body, media = await self._multi(scope, receive, headers, run)
+        except Disconnected:
+            return 0
+        except Problem as p:
+            hs, out = problem_message(p, request_id)
+            await send({"type": "http.response.start", "status": p.status, "headers": hs})
+            await send({"type": "http.response.body", "body": out})
+            return p.status
+        chunks = body if isinstance(body, list) else [memoryview(body)]
+        size = str(sum(c.nbytes for c in chunks)).encode()
+        hs = [(b"content-type", media), (b"content-length", size), (b"x-request-id", request_id.encode("latin-1"))]
+        await send({"type": "http.response.start", "status": 200, "headers": hs})
+        last = len(chunks) - 1
+        for i, chunk in enumerate(chunks):
+            await send({"type": "http.response.body", "body": chunk, "more_body": i < last})
+        return 200
+
+    def _client(self, scope: Scope) -> str:
+        client = scope.get("client")
+        return str(client[0]) if client else "unknown"
+
+    async def _loss(
+        self, scope: Scope, receive: Receive, headers: Headers, state: dict[str, str]
+    ) -> tuple[Body, bytes]:
+        svc = self.svc
+        key = svc.keys.authenticate(_text(headers, b"authorization"), _text(headers, b"x-api-key"))
+        spec = svc.spec(route_path(scope)[len(LOSS_PREFIX) :])
+        state["loss"] = spec.name
+        svc.keys.authorize(key, spec.name)
+        svc.admit(key, self._client(scope))
+        binary_in = content_kind(headers)
+        binary_out = binary_in or SAFETENSORS.encode() in headers.get(b"accept", b"")
+        deadline = svc.deadline(_text(headers, b"x-deadline-ms"))
+        with svc.slot():
+            body = await read_body(receive, headers, self.settings.max_body_bytes, writable=binary_in)
+            content, media = await svc.compute(spec, body, binary_in, binary_out, deadline)
+        return content, media.encode()
+
+    async def _multi(
+        self,
+        scope: Scope,
+        receive: Receive,
+        headers: Headers,
+        run: Callable[[memoryview, str | None, float], Awaitable[bytes]],
+    ) -> tuple[Body, bytes]:
+        svc = self.svc
+        key = svc.keys.authenticate(_text(headers, b"authorization"), _text(headers, b"x-api-key"))
+        svc.admit(key, self._client(scope))
+        if content_kind(headers):
+            raise Problem(415, "batch and composite bodies are JSON")
+        deadline = svc.deadline(_text(headers, b"x-deadline-ms"))
+        with svc.slot():
+            body = await read_body(receive, headers, self.settings.max_body_bytes, writable=False)
+            return await run(body, key, deadline), JSON.encode()
