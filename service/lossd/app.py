@@ -115,6 +115,7 @@ def create_app(settings: Settings | None = None, service: Service | None = None)
         version=lossd.__version__,
         description="Loss values and gradients over HTTP: PyTorch losses resident on a device.",
         lifespan=lifespan,
+        telemetry={"tracing": settings.otel, "metrics": settings.otel, "logs": settings.otel},
     )
     app.state.service = svc
     app.add_middleware(RequestContext, service=svc, settings=settings)

@@ -106,16 +106,21 @@ def convert(inp: Input, t: JSONTensor, dtype: torch.dtype) -> JSONTensor:
     if inp.kind == "text":
         if t.is_floating_point() or t.dtype == torch.bool:
             raise field_error(where, "expected a list of strings or an integer tensor")
-        return t.to(torch.int64)
+        return _as(t, torch.int64)
     if inp.kind == "index":
         if t.is_floating_point() or t.dtype == torch.bool:
             raise field_error(where, f"expected an integer dtype, got {str(t.dtype).removeprefix('torch.')}")
-        return t.to(torch.int64)
+        return _as(t, torch.int64)
     if inp.kind == "float_or_index":
         if t.dtype == torch.bool:
             raise field_error(where, "expected integer indices or floating probabilities, got bool")
-        return t.to(dtype) if t.is_floating_point() else t.to(torch.int64)
-    return t.to(dtype)  # float, mask
+        return _as(t, dtype) if t.is_floating_point() else _as(t, torch.int64)
+    return _as(t, dtype)  # float, mask
+
+
+def _as(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    # Tensor.to is a no-op for the same dtype but still a microsecond of dispatch.
+    return t if t.dtype == dtype else t.to(dtype)
 
 
 def parse_grad(spec: LossSpec, grad: Any, given: Mapping[str, Any]) -> tuple[str, ...]:
@@ -167,6 +172,13 @@ class Engine:
         self.calls = 0
         self.resources: dict[str, Any] = {}
         self.unavailable: dict[str, str] = {}
+        # Params are frozen models: a call without params shares its loss's default instance
+        # (and keyword arguments), which saves a pydantic validation per call.
+        self._defaults: dict[str, tuple[Params, dict[str, Any]]] = {}
+        for spec in catalogue:
+            with contextlib.suppress(pydantic.ValidationError):  # a loss with required params has none
+                default = spec.params()
+                self._defaults[spec.name] = (default, dict(default))
         for spec in catalogue:
             if spec.requires is None:
                 continue
@@ -185,7 +197,8 @@ class Engine:
         """Validate one call on the host: params, inputs, dtypes, the loss's own checks."""
         if spec.name in self.unavailable:
             raise Problem(503, self.unavailable[spec.name])
-        p = parse_params(spec, params)
+        default = self._defaults.get(spec.name) if params is None or params == {} else None
+        p, kwargs = default if default is not None else (parse_params(spec, params), None)
         for name in inputs:
             if spec.input(name) is None:
                 expected = ", ".join(i.name for i in spec.inputs)
@@ -210,7 +223,7 @@ class Engine:
                 spec.check(converted, p)
             except InputError as e:
                 raise field_error(e.loc, e.msg, e.status) from None
-        return Call(spec, p, converted, g, grad_dtypes, dict(p))
+        return Call(spec, p, converted, g, grad_dtypes, dict(p) if kwargs is None else kwargs)
 
     @staticmethod
     def _floating_kind(spec: LossSpec, name: str) -> bool:
@@ -284,7 +297,7 @@ class Engine:
         grads = {}
         for name, leaf, g in zip(call.grad, leaves, gs):
             g = torch.zeros_like(leaf) if g is None else g
-            grads[name] = g.detach().to(call.grad_dtypes[name]).cpu()
+            grads[name] = _as(g.detach(), call.grad_dtypes[name]).cpu()
         return Result(spec.name, value.detach().cpu(), grads, _terms(terms))
 
     def run_many(self, calls: Sequence[Call | Problem]) -> list[Result | Problem]:
