@@ -64,6 +64,41 @@ def test_400_bad_safetensors(server: Server) -> None:
     assert_problem(r, 400)
 
 
+def test_body_framing_chunked_and_streamed(server: Server) -> None:
+    """Bodies without Content-Length (chunked) and bodies that arrive in many pieces give the same answer."""
+    raw = json.dumps(CE).encode()
+    ref = post(server, "/v1/losses/cross_entropy", content=raw).json()
+
+    def pieces() -> object:
+        for i in range(0, len(raw), 7):
+            yield raw[i : i + 7]
+
+    r = post(server, "/v1/losses/cross_entropy", content=pieces())  # httpx sends an iterator chunked
+    assert r.status_code == 200, r.text
+    assert r.json() == ref
+    # A large safetensors body arrives in many receive() messages and is gathered into one buffer.
+    x = torch.randn(512, 1000)
+    y = torch.randint(0, 1000, (512,))
+    body = safetensors.torch.save({"input": x, "target": y}, metadata={"grad": "true"})
+    r = post(server, "/v1/losses/cross_entropy", content=body, headers={"Content-Type": "application/x-safetensors"})
+    assert r.status_code == 200
+    xr = x.clone().requires_grad_(True)
+    torch.nn.functional.cross_entropy(xr, y).backward()
+    assert torch.allclose(safetensors.torch.load(r.content)["grad.input"], xr.grad)
+    # A chunked body over the limit is refused once the limit is passed.
+    big = (b"x" * 65536 for _ in range(5000))  # 327 MB, over the default 256 MiB limit
+    assert_problem(post(server, "/v1/losses/mse", content=big), 413)
+
+
+def test_methods_on_compute_paths(server: Server) -> None:
+    r = httpx.get(server.url + "/v1/batch")
+    assert_problem(r, 405)
+    assert r.headers["allow"] == "POST"
+    assert httpx.put(server.url + "/v1/losses/mse").status_code == 405  # FastAPI: GET is the other method there
+    assert httpx.get(server.url + "/v1/losses/mse").json()["name"] == "mse"
+    assert_problem(post(server, "/v1/losses/a/b", json=CE), 404)
+
+
 def test_404_names_closest(server: Server) -> None:
     body = assert_problem(post(server, "/v1/losses/crossentropy", json=CE), 404)
     assert "cross_entropy" in body["detail"]

@@ -16,6 +16,7 @@ import httpx
 import pytest
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load, save
 from serverutil import free_port
 
 pytest.importorskip("ray.serve", reason="ray[serve] is not installed")
@@ -114,6 +115,20 @@ def test_two_replicas_answer_loss_calls_through_ray_proxy() -> None:
                 assert torch.allclose(torch.tensor(g["data"], dtype=torch.float64).reshape(g["shape"]), xr.grad)
                 replicas.add(r.headers["x-lossd-replica"])
             assert len(replicas) == 2, f"expected both replicas to answer, got {replicas}"
+            # A safetensors answer (sent by lossd as memoryviews over tensor memory) through Ray's proxy.
+            x, y = cases[0]
+            body = save(
+                {"input": x.contiguous(), "target": y.contiguous()},
+                metadata={"grad": "true"},
+            )
+            r = client.post(
+                "/v1/losses/cross_entropy", content=body, headers={"Content-Type": "application/x-safetensors"}
+            )
+            assert r.status_code == 200, r.text
+            out_st = load(r.content)
+            xr = x.clone().requires_grad_(True)
+            F.cross_entropy(xr, y).backward()
+            assert torch.equal(out_st["grad.input"], xr.grad)
             info = client.get("/v1/info").json()
             assert [d["device"] for d in info["devices"]] == ["cpu"]  # one engine per replica
 

@@ -165,8 +165,8 @@ class ComputeEndpoints:
             await send({"type": "http.response.start", "status": p.status, "headers": hs})
             await send({"type": "http.response.body", "body": out})
             return p.status
-        chunks = body if isinstance(body, list) else [memoryview(body)]
-        size = str(sum(c.nbytes for c in chunks)).encode()
+        chunks: list[bytes] | list[memoryview] = body if isinstance(body, list) else [body]
+        size = str(sum(len(c) if isinstance(c, bytes) else c.nbytes for c in chunks)).encode()
         hs = [(b"content-type", media), (b"content-length", size), (b"x-request-id", request_id.encode("latin-1"))]
         await send({"type": "http.response.start", "status": 200, "headers": hs})
         last = len(chunks) - 1
@@ -190,7 +190,7 @@ class ComputeEndpoints:
         binary_in = content_kind(headers)
         binary_out = binary_in or SAFETENSORS.encode() in headers.get(b"accept", b"")
         deadline = svc.deadline(_text(headers, b"x-deadline-ms"))
-        with svc.slot():
+        with svc.dispatcher.slot():
             body = await read_body(receive, headers, self.settings.max_body_bytes, writable=binary_in)
             content, media = await svc.compute(spec, body, binary_in, binary_out, deadline)
         return content, media.encode()
@@ -208,6 +208,6 @@ class ComputeEndpoints:
         if content_kind(headers):
             raise Problem(415, "batch and composite bodies are JSON")
         deadline = svc.deadline(_text(headers, b"x-deadline-ms"))
-        with svc.slot():
+        with svc.dispatcher.slot():
             body = await read_body(receive, headers, self.settings.max_body_bytes, writable=False)
             return await run(body, key, deadline), JSON.encode()

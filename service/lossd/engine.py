@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -234,24 +234,19 @@ class Engine:
 
     def run(self, call: Call) -> Result:
         """Run one prepared call on the device; OOM becomes 503, other runtime errors 422."""
-        with self._device_errors(f"this {call.spec.name} call", call.spec.name):
-            return self._run(call)
-
-    @contextlib.contextmanager
-    def _device_errors(self, what: str, name: str) -> Iterator[None]:
-        """Device failures as problems: out of memory is 503 (and the cache is freed), anything else 422."""
         try:
-            yield
-        except torch.cuda.OutOfMemoryError:
-            self._recover()
-            raise Problem(503, f"the device ran out of memory for {what}", headers={"Retry-After": "1"}) from None
+            return self._run(call)
         except (RuntimeError, ValueError, IndexError) as e:
-            # The host checks should have caught it; a client-caused failure is still not a 500.
-            log.warning("%s raised on %s: %s", name, self.device, e)
-            if "out of memory" in str(e):
-                self._recover()
-                raise Problem(503, f"the device ran out of memory for {what}", headers={"Retry-After": "1"}) from None
-            raise Problem(422, f"{name} could not be computed for these inputs: {e}") from None
+            raise self._device_problem(e, f"this {call.spec.name} call", call.spec.name) from None
+
+    def _device_problem(self, e: Exception, what: str, name: str) -> Problem:
+        """A device failure as a problem: out of memory is 503 (and the cache is freed), anything else 422."""
+        if isinstance(e, torch.cuda.OutOfMemoryError) or "out of memory" in str(e):
+            self._recover()
+            return Problem(503, f"the device ran out of memory for {what}", headers={"Retry-After": "1"})
+        # The host checks should have caught it; a client-caused failure is still not a 500.
+        log.warning("%s raised on %s: %s", name, self.device, e)
+        return Problem(422, f"{name} could not be computed for these inputs: {e}")
 
     def _recover(self) -> None:
         if self.device.type == "cuda":
@@ -314,8 +309,10 @@ class Engine:
         return out
 
     def run_composite(self, comp: Composite) -> CompositeResult:
-        with self._device_errors("this composite call", "the composite"):
+        try:
             return self._run_composite(comp)
+        except (RuntimeError, ValueError, IndexError) as e:
+            raise self._device_problem(e, "this composite call", "the composite") from None
 
     def _run_composite(self, comp: Composite) -> CompositeResult:
         leaves: dict[str, torch.Tensor] = {}
@@ -384,10 +381,17 @@ class Dispatcher:
     queueing without limit. Each call goes to the engine with the fewest calls in flight.
     """
 
-    def __init__(self, engines: Sequence[Engine], max_concurrency: int, retry_after_s: int) -> None:
+    def __init__(
+        self,
+        engines: Sequence[Engine],
+        max_concurrency: int,
+        retry_after_s: int,
+        on_busy: Callable[[], None] | None = None,
+    ) -> None:
         self.engines = list(engines)
         self.max_concurrency = max_concurrency
         self.retry_after_s = retry_after_s
+        self.on_busy = on_busy  # called for each request refused for want of a slot
         self.admitted = 0
 
     def busy(self) -> Problem:
@@ -397,16 +401,9 @@ class Dispatcher:
             headers={"Retry-After": str(self.retry_after_s)},
         )
 
-    @contextlib.contextmanager
-    def slot(self) -> Iterator[None]:
-        """Hold one of the ``max_concurrency`` slots for the duration of a request; 503 if none is free."""
-        if self.admitted >= self.max_concurrency:
-            raise self.busy()
-        self.admitted += 1
-        try:
-            yield
-        finally:
-            self.admitted -= 1
+    def slot(self) -> _Slot:
+        """One of the ``max_concurrency`` slots, held (``with``) for the duration of a request; 503 if none is free."""
+        return _Slot(self)
 
     async def submit(self, fn: Any, *args: Any, deadline: float, inline: bool = False) -> Any:
         """Run ``fn(engine, *args)`` on the least-loaded engine's worker thread.
@@ -425,6 +422,25 @@ class Dispatcher:
         finally:
             engine.inflight -= 1
             engine.calls += 1
+
+
+class _Slot:
+    # A plain class rather than @contextmanager: this is on every request's path.
+    __slots__ = ("dispatcher",)
+
+    def __init__(self, dispatcher: Dispatcher) -> None:
+        self.dispatcher = dispatcher
+
+    def __enter__(self) -> None:
+        d = self.dispatcher
+        if d.admitted >= d.max_concurrency:
+            if d.on_busy is not None:
+                d.on_busy()
+            raise d.busy()
+        d.admitted += 1
+
+    def __exit__(self, *exc: object) -> None:
+        self.dispatcher.admitted -= 1
 
 
 def _guarded(fn: Any, engine: Engine, args: tuple[Any, ...], deadline: float) -> Any:

@@ -32,7 +32,11 @@ APP_NAME = "lossd"
 
 
 class ReplicaHeader:
-    """Names the replica that answered in ``X-Lossd-Replica``, for tracing calls across the cluster."""
+    """Names the replica that answered in ``X-Lossd-Replica``, for tracing calls across the cluster.
+
+    Also turns response bodies into ``bytes``: Ray pickles ASGI messages to its proxy, and
+    lossd sends large bodies as memoryviews over tensor memory (uvicorn writes those as they are).
+    """
 
     def __init__(self, app: ASGIApp, replica: str) -> None:
         self.app = app
@@ -42,6 +46,8 @@ class ReplicaHeader:
         async def send_tagged(message: Message) -> None:
             if message["type"] == "http.response.start":
                 message["headers"] = [*message.get("headers", []), self.header]
+            elif isinstance(message.get("body"), memoryview):
+                message["body"] = bytes(message["body"])
             await send(message)
 
         await self.app(scope, receive, send_tagged if scope["type"] == "http" else send)

@@ -7,10 +7,9 @@ handlers in :mod:`lossd.app` only pick the method and wrap the bytes in a respon
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -57,7 +56,12 @@ class Service:
             torch.set_num_threads(settings.torch_threads)
         devices = [resolve_device(d) for d in expand_devices(settings.device, settings.cpu_engines)]
         self.engines = [Engine(self.catalogue, d, settings, settings.compute_threads) for d in devices]
-        self.dispatcher = Dispatcher(self.engines, settings.max_concurrency, settings.retry_after_s)
+        self.dispatcher = Dispatcher(
+            self.engines,
+            settings.max_concurrency,
+            settings.retry_after_s,
+            on_busy=self.metrics.rejected.labels("busy").inc,
+        )
         # Decoding and encoding large bodies (a 45 MB JSON body takes 250 ms to parse) happens
         # here, off the event loop and off the device workers.
         self.host_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="lossd-host")
@@ -125,17 +129,6 @@ class Service:
             except ValueError:
                 raise Problem(400, "X-Deadline-Ms must be an integer count of milliseconds") from None
         return time.monotonic() + ms / 1000.0
-
-    @contextlib.contextmanager
-    def slot(self) -> Iterator[None]:
-        """One of the node's admission slots, held while a request is read and answered."""
-        try:
-            with self.dispatcher.slot():
-                yield
-        except Problem as p:
-            if p.status == 503 and p.detail.startswith("server busy"):
-                self.metrics.rejected.labels("busy").inc()
-            raise
 
     async def _submit(self, fn: Any, *args: Any, deadline: float, inline: bool = False) -> Any:
         try:
