@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import time
 
 import httpx
 import pytest
@@ -375,3 +376,29 @@ def test_503_when_overloaded() -> None:
         assert_problem(busy, 503)
         assert busy.headers["retry-after"] == "1"
         assert post(s, "/v1/losses/mse", json={"inputs": {"input": [2.0], "target": [0.0]}}).json()["value"] == 4.0
+
+
+def test_client_gone_mid_body_frees_its_slot() -> None:
+    """A client that disconnects before sending its whole body gets nothing, and its slot is given back."""
+    import socket
+
+    with run_server({"LOSSD_MAX_CONCURRENCY": "1", "LOSSD_WARMUP": "false"}) as s:
+        host, port = s.url.removeprefix("http://").split(":")
+        for _ in range(3):
+            with socket.create_connection((host, int(port)), timeout=10) as sock:
+                sock.sendall(
+                    b"POST /v1/losses/mse HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                    b"Content-Length: 100000\r\n\r\n" + b'{"inputs": {"input": [1.0, '
+                )
+        # With one slot, a slot kept by any of those would make this a 503.
+        deadline = 50
+        while deadline:
+            r = post(s, "/v1/losses/mse", json={"inputs": {"input": [2.0], "target": [0.0]}})
+            if r.status_code == 200:
+                break
+            assert r.status_code == 503  # the server may not have seen the disconnects yet
+            deadline -= 1
+            time.sleep(0.1)
+        assert r.status_code == 200 and r.json()["value"] == 4.0
+        metrics = httpx.get(s.url + "/metrics").text
+        assert 'status="500"' not in metrics
