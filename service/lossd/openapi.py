@@ -84,7 +84,7 @@ def build_openapi(app: FastAPI) -> dict[str, Any]:
         "schema": {"type": "integer", "minimum": 0},
         "description": "Answer 504 if the call has not started within this many milliseconds",
     }
-    # The compute endpoints are plain Starlette routes (see lossd.app): describe them here.
+    # The compute endpoints are plain ASGI (lossd.endpoints), outside FastAPI's routes: describe them here.
     posts = {
         "/v1/losses/{name}": ("compute", "Compute one loss", "LossRequest", "LossResponse", True),
         "/v1/batch": (
