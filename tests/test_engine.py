@@ -148,3 +148,36 @@ def test_deadline_passed_before_run_is_504() -> None:
         assert e.value.status == 504
 
     asyncio.run(scenario())
+
+
+def test_inline_calls_of_one_loop_turn_run_together_each_with_its_own_outcome() -> None:
+    """Inline calls queued in one turn of the event loop run at its end, one by one: each gets its own
+    result or its own error, a cancelled one is skipped, and the engine's counters come back to zero."""
+    engine = Engine(CAT, torch.device("cpu"), Settings(warmup=False))
+    d = Dispatcher([engine], max_concurrency=64, retry_after_s=1)
+    ran: list[int] = []
+
+    def work(engine: Engine, i: int) -> int:
+        ran.append(i)
+        if i == 3:
+            raise Problem(422, "call 3 is bad")
+        return i * i
+
+    async def scenario() -> None:
+        tasks = [
+            asyncio.ensure_future(d.submit(work, i, deadline=time.monotonic() + 10, inline=True)) for i in range(8)
+        ]
+        await asyncio.sleep(0)  # every task has queued its call; none has run yet
+        assert ran == [] and engine.inflight == 8
+        tasks[5].cancel()
+        outcomes = await asyncio.gather(*tasks, return_exceptions=True)
+        assert [o for i, o in enumerate(outcomes) if i not in (3, 5)] == [0, 1, 4, 16, 36, 49]
+        assert isinstance(outcomes[3], Problem) and outcomes[3].status == 422
+        assert isinstance(outcomes[5], asyncio.CancelledError)
+        assert ran == [0, 1, 2, 3, 4, 6, 7]  # in arrival order, the cancelled one skipped
+        assert engine.inflight == 0 and engine.calls == 8
+        with pytest.raises(Problem) as e:  # the deadline is checked when the queued call runs
+            await d.submit(work, 9, deadline=time.monotonic() - 1, inline=True)
+        assert e.value.status == 504 and 9 not in ran
+
+    asyncio.run(scenario())

@@ -402,3 +402,32 @@ def test_client_gone_mid_body_frees_its_slot() -> None:
         assert r.status_code == 200 and r.json()["value"] == 4.0
         metrics = httpx.get(s.url + "/metrics").text
         assert 'status="500"' not in metrics
+
+
+def test_concurrent_small_calls_each_get_their_own_answer(server: Server) -> None:
+    """Small calls that arrive together are computed together on the loop: answers must not mix."""
+    gen = torch.Generator().manual_seed(3)
+    cases = [(torch.randn(4, 5, generator=gen), torch.randint(0, 5, (4,), generator=gen)) for _ in range(48)]
+
+    async def fire() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=server.url, timeout=60) as c:
+
+            def body(i: int) -> dict:
+                x, y = cases[i]
+                target = [0, 1, 2, 99] if i == 17 else y.tolist()  # one bad call among them
+                return {"inputs": {"input": x.tolist(), "target": target}, "grad": True}
+
+            return await asyncio.gather(*[c.post("/v1/losses/cross_entropy", json=body(i)) for i in range(48)])
+
+    for i, r in enumerate(asyncio.run(fire())):
+        if i == 17:
+            assert_problem(r, 422)
+            continue
+        assert r.status_code == 200, r.text
+        x, y = cases[i]
+        xr = x.clone().requires_grad_(True)
+        ref = torch.nn.functional.cross_entropy(xr, y)
+        ref.backward()
+        out = r.json()
+        assert out["value"] == pytest.approx(ref.item(), rel=1e-6)
+        assert torch.allclose(torch.tensor(out["grads"]["input"]["data"]).reshape(4, 5), xr.grad, atol=1e-7)
