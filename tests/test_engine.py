@@ -181,3 +181,34 @@ def test_inline_calls_of_one_loop_turn_run_together_each_with_its_own_outcome() 
         assert e.value.status == 504 and 9 not in ran
 
     asyncio.run(scenario())
+
+
+def test_worker_calls_of_one_loop_turn_make_one_trip_per_thread() -> None:
+    """Calls for a worker submitted in one turn go to its threads together (split across them), each with its
+    own outcome; after shutdown they are refused with 503 rather than left waiting."""
+    engine = Engine(CAT, torch.device("cpu"), Settings(warmup=False), threads=2)
+    d = Dispatcher([engine], max_concurrency=64, retry_after_s=1)
+    threads: dict[int, str] = {}
+
+    def work(engine: Engine, i: int) -> int:
+        threads[i] = threading.current_thread().name
+        time.sleep(0.01)  # long enough that one thread cannot take both halves
+        if i == 4:
+            raise Problem(422, "call 4 is bad")
+        return -i
+
+    async def scenario() -> None:
+        outcomes = await asyncio.gather(
+            *[d.submit(work, i, deadline=time.monotonic() + 10) for i in range(10)], return_exceptions=True
+        )
+        assert [o for i, o in enumerate(outcomes) if i != 4] == [0, -1, -2, -3, -5, -6, -7, -8, -9]
+        assert isinstance(outcomes[4], Problem) and outcomes[4].status == 422
+        assert all(name.startswith("lossd-cpu") for name in threads.values())
+        assert {threads[i] for i in range(0, 10, 2)} != {threads[i] for i in range(1, 10, 2)}  # both threads ran
+        assert engine.inflight == 0 and engine.calls == 10
+        engine.shutdown()
+        with pytest.raises(Problem) as e:
+            await d.submit(work, 11, deadline=time.monotonic() + 10)
+        assert e.value.status == 503 and 11 not in threads
+
+    asyncio.run(scenario())
