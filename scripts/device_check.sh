@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # GPU checks for a machine with CUDA and torch but without our pure-Python deps:
-# wheels for those are carried in .whl/ (see .git/info/exclude). Writes logs to $OUT (or /tmp/out).
+# wheels for those are carried in .whl/ (scripts/fetch_device_wheels.sh fetches them). Writes logs to $OUT (or /tmp/out).
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
