@@ -265,8 +265,10 @@ def _json_array(t: torch.Tensor) -> tuple[str, Any]:
     name = DTYPE_NAMES[t.dtype]
     if t.dtype == torch.bfloat16:
         t = t.float()
-    arr = t.detach().contiguous().reshape(-1).numpy()
-    if arr.dtype.kind == "f" and arr.size and not bool(np.isfinite(arr).all()):
+    arr = t.detach().numpy().ravel()  # a view unless the tensor is not contiguous
+    # orjson writes NaN and Infinity as null: those go out as strings instead. One sum tells
+    # (NaN and infinities make it non-finite; an overflow only sends a finite array the slow way).
+    if arr.dtype.kind == "f" and not math.isfinite(np.add.reduce(arr, dtype=np.float64)):
         return name, [float_out(x) for x in arr.tolist()]
     return name, arr
 
