@@ -1,8 +1,8 @@
 """The three compute endpoints as plain ASGI: ``POST /v1/losses/{name}``, ``/v1/batch``, ``/v1/composite``.
 
-They are the hot path. A (32,10) cross_entropy call costs about 100 µs of codec and compute
-work, and Starlette's Request object, router and exception middleware would add as much
-again, so these endpoints read the ASGI scope and messages themselves. Everything else
+They are the hot path: a (32,10) cross_entropy call costs about 100 µs of codec and compute
+work, and Starlette's Request object, routing and exception handling added tens of
+microseconds more to each, so these endpoints read the ASGI scope and messages themselves. Everything else
 (catalogue, operations, docs) is FastAPI, in :mod:`lossd.app`; the OpenAPI entries of these
 three come from :mod:`lossd.openapi`.
 """
