@@ -215,11 +215,15 @@ def run_w1(a: argparse.Namespace, servers: list[str]) -> dict[str, Any]:
             wrk(s.url(paths(name)[0]), body, JSON, 8, 1, a.client_cpus)  # warm-up
             out[name] = {}
             for c in a.concurrency:
-                r = wrk(s.url(paths(name)[0]), body, JSON, c, a.duration, a.client_cpus)
-                if r["non_2xx"]:
-                    raise RuntimeError(
-                        f"W1 {name} c={c}: {r['non_2xx']} non-2xx responses; its numbers would be meaningless"
-                    )
+                # Best of several runs: on a shared machine noise only ever lowers throughput, so the
+                # fastest run is the closest to what the server can do, for every server alike.
+                runs = [wrk(s.url(paths(name)[0]), body, JSON, c, a.duration, a.client_cpus) for _ in range(a.w1_runs)]
+                for r in runs:
+                    if r["non_2xx"]:
+                        raise RuntimeError(
+                            f"W1 {name} c={c}: {r['non_2xx']} non-2xx responses; its numbers would be meaningless"
+                        )
+                r = {**max(runs, key=lambda x: x["rps"]), "runs_rps": [x["rps"] for x in runs]}
                 out[name][str(c)] = r
                 log(f"W1 {name} c={c}: {r['rps']:.0f} req/s p50 {r['p50_ms']:.2f} ms p99 {r['p99_ms']:.2f} ms")
     return out
@@ -353,6 +357,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--only", default="w1,w2,w3,w4", help="comma-separated subset of w1,w2,w3,w4")
     p.add_argument("--servers", default=",".join(SERVERS), help="comma-separated subset of " + ",".join(SERVERS))
     p.add_argument("--duration", type=float, default=4.0, help="seconds per wrk run")
+    p.add_argument("--w1-runs", type=int, default=3, help="wrk runs per W1 point; the fastest is kept")
     p.add_argument("--concurrency", default="1,4,16,32,64", help="wrk connection counts for W1")
     p.add_argument("--sweep", default="64,256,1024,4096", help="N of the (N,1000) cross_entropy size sweep")
     p.add_argument("--reps", type=int, default=7, help="timed repetitions per fast measurement")
