@@ -373,6 +373,10 @@ def _terms(terms: Mapping[str, torch.Tensor] | None) -> dict[str, float] | None:
     return {k: float(v.detach().cpu().item()) for k, v in terms.items()}
 
 
+# A call waiting for the end of a turn of the event loop: fn, its arguments, its deadline, its answer.
+_Queued = tuple[Any, tuple[Any, ...], float, "asyncio.Future[Any]"]
+
+
 class Dispatcher:
     """Admission control and placement: a bounded number of calls in flight across engines.
 
@@ -395,7 +399,7 @@ class Dispatcher:
         self.on_busy = on_busy  # called for each request refused for want of a slot
         self.admitted = 0
         # Calls waiting for the end of this turn of the event loop, per engine and place (loop or worker).
-        self._queued: dict[tuple[Engine, bool], list[tuple[Any, tuple[Any, ...], float, asyncio.Future[Any]]]] = {}
+        self._queued: dict[tuple[Engine, bool], list[_Queued]] = {}
 
     def busy(self) -> Problem:
         return Problem(
@@ -451,7 +455,7 @@ class Dispatcher:
                     _settle(done, _outcome(fn, engine, args, deadline))
             return
 
-        def on_worker(part: list[tuple[Any, tuple[Any, ...], float, asyncio.Future[Any]]]) -> None:
+        def on_worker(part: list[_Queued]) -> None:
             for fn, args, deadline, done in part:
                 if not done.cancelled():
                     loop.call_soon_threadsafe(_settle, done, _outcome(fn, engine, args, deadline))
