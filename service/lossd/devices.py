@@ -1,14 +1,8 @@
-"""Several engines in one process: which devices ``--devices`` names, and per-device metrics."""
+"""Several engines in one process: which devices ``--devices`` names."""
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
-from typing import Any
-
 import torch
-
-from lossd.metrics import Metrics
 
 
 def expand_devices(spec: str, cpu_engines: int = 1) -> list[str]:
@@ -33,16 +27,3 @@ def expand_devices(spec: str, cpu_engines: int = 1) -> list[str]:
     if len(set(names)) != len(names):
         raise ValueError(f"device listed twice in {spec!r}")
     return names
-
-
-def observed(fn: Callable[..., Any], metrics: Metrics) -> Callable[..., Any]:
-    """Wrap ``fn(engine, *args)`` (run on the engine's worker) to count calls and device time per device."""
-
-    def run(engine: Any, *args: Any) -> Any:
-        t0 = time.perf_counter()
-        try:
-            return fn(engine, *args)
-        finally:
-            metrics.observe_compute(str(engine.device), time.perf_counter() - t0)
-
-    return run

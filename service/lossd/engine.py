@@ -391,12 +391,15 @@ class Dispatcher:
         engines: Sequence[Engine],
         max_concurrency: int,
         retry_after_s: int,
-        on_busy: Callable[[], None] | None = None,
+        on_refused: Callable[[str], None] | None = None,
+        on_ran: Callable[[Engine, float], None] | None = None,
     ) -> None:
         self.engines = list(engines)
         self.max_concurrency = max_concurrency
         self.retry_after_s = retry_after_s
-        self.on_busy = on_busy  # called for each request refused for want of a slot
+        # Accounting hooks: a request refused ("busy": no slot; "deadline": 504) and a call run (its device seconds).
+        self.on_refused = on_refused
+        self.on_ran = on_ran
         self.admitted = 0
         # Calls waiting for the end of this turn of the event loop, per engine and place (loop or worker).
         self._queued: dict[tuple[Engine, bool], list[_Queued]] = {}
@@ -452,13 +455,13 @@ class Dispatcher:
         if on_loop:
             for fn, args, deadline, done in queued:
                 if not done.cancelled():
-                    _settle(done, _outcome(fn, engine, args, deadline))
+                    _settle(done, self._outcome(fn, engine, args, deadline))
             return
 
         def on_worker(part: list[_Queued]) -> None:
             for fn, args, deadline, done in part:
                 if not done.cancelled():
-                    loop.call_soon_threadsafe(_settle, done, _outcome(fn, engine, args, deadline))
+                    loop.call_soon_threadsafe(_settle, done, self._outcome(fn, engine, args, deadline))
 
         threads = engine.threads
         for part in (queued[i::threads] for i in range(min(threads, len(queued)))):
@@ -467,6 +470,22 @@ class Dispatcher:
             except RuntimeError:  # the engine has been shut down
                 for *_, done in part:
                     _settle(done, (False, Problem(503, "the server is shutting down", headers={"Retry-After": "1"})))
+
+    def _outcome(self, fn: Any, engine: Engine, args: tuple[Any, ...], deadline: float) -> tuple[bool, Any]:
+        """Run one call if its deadline has not passed: (True, result) or (False, the exception: a
+        Problem, or a bug that the request's handler reports)."""
+        if time.monotonic() > deadline:
+            if self.on_refused is not None:
+                self.on_refused("deadline")
+            return False, Problem(504, "the call's deadline passed before it ran")
+        t0 = time.perf_counter()
+        try:
+            return True, fn(engine, *args)
+        except Exception as e:
+            return False, e
+        finally:
+            if self.on_ran is not None:
+                self.on_ran(engine, time.perf_counter() - t0)
 
 
 class _Slot:
@@ -479,21 +498,13 @@ class _Slot:
     def __enter__(self) -> None:
         d = self.dispatcher
         if d.admitted >= d.max_concurrency:
-            if d.on_busy is not None:
-                d.on_busy()
+            if d.on_refused is not None:
+                d.on_refused("busy")
             raise d.busy()
         d.admitted += 1
 
     def __exit__(self, *exc: object) -> None:
         self.dispatcher.admitted -= 1
-
-
-def _outcome(fn: Any, engine: Engine, args: tuple[Any, ...], deadline: float) -> tuple[bool, Any]:
-    """(True, result) or (False, the exception): a Problem, or a bug that the request's handler reports."""
-    try:
-        return True, _guarded(fn, engine, args, deadline)
-    except Exception as e:
-        return False, e
 
 
 def _settle(done: asyncio.Future[Any], outcome: tuple[bool, Any]) -> None:
@@ -504,9 +515,3 @@ def _settle(done: asyncio.Future[Any], outcome: tuple[bool, Any]) -> None:
         done.set_result(value)
     else:
         done.set_exception(value)
-
-
-def _guarded(fn: Any, engine: Engine, args: tuple[Any, ...], deadline: float) -> Any:
-    if time.monotonic() > deadline:
-        raise Problem(504, "the call's deadline passed before it ran")
-    return fn(engine, *args)

@@ -20,7 +20,7 @@ import lossd
 from lossd import codecs
 from lossd.auth import Keys, RateLimiter
 from lossd.codecs import Limits
-from lossd.devices import expand_devices, observed
+from lossd.devices import expand_devices
 from lossd.engine import Call, Composite, CompositeResult, CompositeTerm, Dispatcher, Engine, Result, resolve_device
 from lossd.errors import Problem, field_error
 from lossd.examples import EXAMPLES
@@ -60,7 +60,8 @@ class Service:
             self.engines,
             settings.max_concurrency,
             settings.retry_after_s,
-            on_busy=self.metrics.rejected.labels("busy").inc,
+            on_refused=lambda reason: self.metrics.rejected.labels(reason).inc(),
+            on_ran=lambda engine, seconds: self.metrics.observe_compute(str(engine.device), seconds),
         )
         # Decoding and encoding large bodies (a 45 MB JSON body takes 250 ms to parse) happens
         # here, off the event loop and off the device workers.
@@ -130,14 +131,6 @@ class Service:
                 raise Problem(400, "X-Deadline-Ms must be an integer count of milliseconds") from None
         return time.monotonic() + ms / 1000.0
 
-    async def _submit(self, fn: Any, *args: Any, deadline: float, inline: bool = False) -> Any:
-        try:
-            return await self.dispatcher.submit(observed(fn, self.metrics), *args, deadline=deadline, inline=inline)
-        except Problem as p:
-            if p.status == 504:
-                self.metrics.rejected.labels("deadline").inc()
-            raise
-
     # -- one loss ------------------------------------------------------------------------
 
     def parse_json_call(
@@ -204,7 +197,7 @@ class Service:
         media = SAFETENSORS if binary_out else JSON
         small = len(body) <= self.settings.inline_max_bytes
         call, b64 = await self._host(small, self.decode_call, spec, body, binary_in)
-        result = await self._submit(Engine.run, call, deadline=deadline, inline=small)
+        result = await self.dispatcher.submit(Engine.run, call, deadline=deadline, inline=small)
         return await self._host(small, self.encode_result, result, b64, binary_out), media
 
     def result_json(self, r: Result, b64: bool) -> dict[str, Any]:
@@ -230,7 +223,7 @@ class Service:
     async def batch(self, body: memoryview, key: str | None, deadline: float) -> bytes:
         """Many small calls: decoded, run and encoded in one trip to a device worker."""
         small = len(body) <= self.settings.inline_max_bytes
-        return await self._submit(self._batch_job, body, key, deadline=deadline, inline=small)
+        return await self.dispatcher.submit(self._batch_job, body, key, deadline=deadline, inline=small)
 
     def _batch_job(self, engine: Engine, body: memoryview, key: str | None) -> bytes:
         calls, b64 = self._prepare_batch(body, key)
@@ -269,7 +262,7 @@ class Service:
     async def composite(self, body: memoryview, key: str | None, deadline: float) -> bytes:
         small = len(body) <= self.settings.inline_max_bytes
         comp, b64 = await self._host(small, self._prepare_composite, body, key)
-        res = await self._submit(Engine.run_composite, comp, deadline=deadline, inline=small)
+        res = await self.dispatcher.submit(Engine.run_composite, comp, deadline=deadline, inline=small)
         return await self._host(small, self._encode_composite, res, b64)
 
     def _prepare_composite(self, body: memoryview, key: str | None) -> tuple[Composite, bool]:
