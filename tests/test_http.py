@@ -431,3 +431,32 @@ def test_concurrent_small_calls_each_get_their_own_answer(server: Server) -> Non
         out = r.json()
         assert out["value"] == pytest.approx(ref.item(), rel=1e-6)
         assert torch.allclose(torch.tensor(out["grads"]["input"]["data"]).reshape(4, 5), xr.grad, atol=1e-7)
+
+
+def test_unexpected_errors_are_500_problems_with_one_request_id(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bug (not a client error) answers 500 as problem+json, once, carrying the request id, on both paths."""
+    from lossd.app import create_app
+    from lossd.settings import Settings
+
+    app = create_app(Settings(warmup=False))
+    svc = app.state.service
+    svc.ready = True
+
+    async def broken(*args: object, **kwargs: object) -> bytes:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(svc, "compute", broken)
+    monkeypatch.setattr(svc, "info", lambda: 1 / 0)
+
+    async def scenario() -> list[httpx.Response]:
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+            return [
+                await c.post("/v1/losses/mse", json=CE, headers={"X-Request-ID": "r1"}),
+                await c.get("/v1/info", headers={"X-Request-ID": "r2"}),
+            ]
+
+    for r, rid in zip(asyncio.run(scenario()), ["r1", "r2"]):
+        assert_problem(r, 500)
+        assert r.headers.get_list("x-request-id") == [rid]
+    svc.close()

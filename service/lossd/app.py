@@ -20,64 +20,65 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import lossd
-from lossd.endpoints import ComputeEndpoints
+from lossd.endpoints import PROBLEM, ComputeEndpoints, send_problem
 from lossd.errors import Problem
 from lossd.openapi import install_openapi
 from lossd.service import JSON, Service, warmup_async
 from lossd.settings import Settings
 
 log = logging.getLogger("lossd")
-PROBLEM = "application/problem+json"
 
 
-def problem_response(p: Problem, request_id: str | None = None) -> Response:
-    headers = dict(p.headers)
-    if request_id:
-        headers["X-Request-ID"] = request_id
-    return Response(orjson.dumps(p.body()), status_code=p.status, media_type=PROBLEM, headers=headers)
+def problem_response(p: Problem) -> Response:
+    """A problem as a response of a FastAPI handler (RequestContext adds the request id)."""
+    return Response(orjson.dumps(p.body()), status_code=p.status, media_type=PROBLEM, headers=p.headers)
+
+
+def internal_error() -> Problem:
+    return Problem(500, "internal error; the request id identifies it in the server log")
 
 
 class RequestContext:
     """Pure ASGI middleware: X-Request-ID on every response, metrics, no bare 500s, and the
     compute endpoints (answered by :class:`lossd.endpoints.ComputeEndpoints`, not FastAPI)."""
 
-    def __init__(self, app: ASGIApp, service: Service, settings: Settings) -> None:
+    def __init__(self, app: ASGIApp, service: Service) -> None:
         self.app = app
         self.service = service
-        self.compute = ComputeEndpoints(service, settings)
+        self.compute = ComputeEndpoints(service)
         # Unique per process and cheap: uuid4 per request costs a getrandom syscall.
         self._prefix = os.urandom(8).hex()
         self._ids = itertools.count(1)
+
+    def _request_id(self, given: bytes | None) -> str:
+        return given.decode("latin-1")[:200] if given else f"{self._prefix}-{next(self._ids):x}"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        rid = ""
-        for k, v in scope["headers"]:
-            if k == b"x-request-id":
-                rid = v.decode("latin-1")[:200]
-                break
-        rid = rid or f"{self._prefix}-{next(self._ids):x}"
-        state = scope.setdefault("state", {})
-        state["request_id"] = rid
-        started = False
-        status = 500
         t0 = time.perf_counter()
+        state = scope.setdefault("state", {})
         route = self.compute.route(scope)
         if route is not None:
-            state["endpoint"] = route
+            headers = dict(scope["headers"])
+            rid = state["request_id"] = self._request_id(headers.get(b"x-request-id"))
+            state["endpoint"] = route[0]
             try:
-                status = await self.compute(scope, receive, send, route, rid, state)
+                status = await self.compute(scope, receive, send, headers, route, rid, state)
             except Exception:
                 log.exception("unhandled error for %s %s", scope.get("method"), scope.get("path"))
-                # The compute endpoints send nothing before their answer is complete.
-                await problem_response(
-                    Problem(500, "internal error; the request id identifies it in the server log"), rid
-                )(scope, receive, send)
+                status = 500  # the compute endpoints send nothing before their answer is complete
+                await send_problem(send, internal_error(), rid)
             if status:
-                self.service.metrics.observe(route, state.get("loss", ""), status, time.perf_counter() - t0)
+                self.service.metrics.observe(route[0], state.get("loss", ""), status, time.perf_counter() - t0)
             return
+
+        rid = state["request_id"] = self._request_id(
+            next((v for k, v in scope["headers"] if k == b"x-request-id"), None)
+        )
+        started = False
+        status = 500
 
         async def send_with_id(message: Message) -> None:
             nonlocal started, status
@@ -92,9 +93,7 @@ class RequestContext:
         except Exception:
             log.exception("unhandled error for %s %s", scope.get("method"), scope.get("path"))
             if not started:
-                await problem_response(
-                    Problem(500, "internal error; the request id identifies it in the server log"), rid
-                )(scope, receive, send_with_id)
+                await send_problem(send, internal_error(), rid)
         finally:
             endpoint = getattr(scope.get("route"), "path", "other")
             self.service.metrics.observe(endpoint, state.get("loss", ""), status, time.perf_counter() - t0)
@@ -123,7 +122,7 @@ def create_app(settings: Settings | None = None, service: Service | None = None)
         telemetry={"tracing": settings.otel, "metrics": settings.otel, "logs": settings.otel},
     )
     app.state.service = svc
-    app.add_middleware(RequestContext, service=svc, settings=settings)
+    app.add_middleware(RequestContext, service=svc)
 
     @app.exception_handler(Problem)
     async def on_problem(request: Request, exc: Problem) -> Response:

@@ -17,9 +17,10 @@ from starlette.types import Receive, Scope, Send
 
 from lossd.errors import Problem
 from lossd.service import JSON, SAFETENSORS, Service
-from lossd.settings import Settings
 
-PROBLEM = b"application/problem+json"
+PROBLEM = "application/problem+json"
+JSON_MEDIA = JSON.encode()
+SAFETENSORS_MEDIA = SAFETENSORS.encode()
 LOSS_PREFIX = "/v1/losses/"
 LOSS_ROUTE = "/v1/losses/{name}"
 MULTI_ROUTES = ("/v1/batch", "/v1/composite")
@@ -41,16 +42,17 @@ def route_path(scope: Scope) -> str:
     return path
 
 
-def problem_message(p: Problem, request_id: str) -> tuple[list[tuple[bytes, bytes]], bytes]:
-    """The headers and application/problem+json body of an error answer."""
+async def send_problem(send: Send, p: Problem, request_id: str) -> None:
+    """Answer with an application/problem+json error."""
     body = orjson.dumps(p.body())
     headers = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in p.headers.items()]
     headers += [
-        (b"content-type", PROBLEM),
+        (b"content-type", PROBLEM.encode()),
         (b"content-length", str(len(body)).encode()),
         (b"x-request-id", request_id.encode("latin-1")),
     ]
-    return headers, body
+    await send({"type": "http.response.start", "status": p.status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
 
 
 def content_kind(headers: Headers) -> bool:
@@ -128,42 +130,46 @@ async def read_body(receive: Receive, headers: Headers, limit: int, writable: bo
 class ComputeEndpoints:
     """Answers the compute endpoints; :meth:`route` says whether a request is one of them."""
 
-    def __init__(self, service: Service, settings: Settings) -> None:
+    def __init__(self, service: Service) -> None:
         self.svc = service
-        self.settings = settings
 
     @staticmethod
-    def route(scope: Scope) -> str | None:
-        """The route template of a compute request, else None (FastAPI answers it)."""
+    def route(scope: Scope) -> tuple[str, str] | None:
+        """(route template, loss name or "") of a compute request, else None (FastAPI answers it)."""
         path = route_path(scope)
         if path.startswith(LOSS_PREFIX):
             name = path[len(LOSS_PREFIX) :]
             if scope["method"] == "POST" and name and "/" not in name:
-                return LOSS_ROUTE
+                return LOSS_ROUTE, name
             return None
         if path in MULTI_ROUTES:
-            return path
+            return path, ""
         return None
 
     async def __call__(
-        self, scope: Scope, receive: Receive, send: Send, route: str, request_id: str, state: dict[str, str]
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        headers: Headers,
+        route: tuple[str, str],
+        request_id: str,
+        state: dict[str, str],
     ) -> int:
-        """Answer one request; returns the status sent (0 when the client had gone)."""
-        headers: Headers = dict(scope["headers"])
+        """Answer one request (``route`` from :meth:`route`); returns the status sent (0 when the client had gone)."""
+        template, name = route
         try:
-            if route == LOSS_ROUTE:
-                body, media = await self._loss(scope, receive, headers, state)
+            if template == LOSS_ROUTE:
+                body, media = await self._loss(scope, receive, headers, name, state)
             elif scope["method"] != "POST":
                 raise Problem(405, "method not allowed; use POST", headers={"Allow": "POST"})
             else:
-                run = self.svc.batch if route == "/v1/batch" else self.svc.composite
+                run = self.svc.batch if template == "/v1/batch" else self.svc.composite
                 body, media = await self._multi(scope, receive, headers, run)
         except Disconnected:
             return 0
         except Problem as p:
-            hs, out = problem_message(p, request_id)
-            await send({"type": "http.response.start", "status": p.status, "headers": hs})
-            await send({"type": "http.response.body", "body": out})
+            await send_problem(send, p, request_id)
             return p.status
         chunks: list[bytes] | list[memoryview] = body if isinstance(body, list) else [body]
         size = str(sum(len(c) if isinstance(c, bytes) else c.nbytes for c in chunks)).encode()
@@ -179,21 +185,21 @@ class ComputeEndpoints:
         return str(client[0]) if client else "unknown"
 
     async def _loss(
-        self, scope: Scope, receive: Receive, headers: Headers, state: dict[str, str]
+        self, scope: Scope, receive: Receive, headers: Headers, name: str, state: dict[str, str]
     ) -> tuple[Body, bytes]:
         svc = self.svc
         key = svc.keys.authenticate(_text(headers, b"authorization"), _text(headers, b"x-api-key"))
-        spec = svc.spec(route_path(scope)[len(LOSS_PREFIX) :])
+        spec = svc.spec(name)
         state["loss"] = spec.name
         svc.keys.authorize(key, spec.name)
         svc.admit(key, self._client(scope))
         binary_in = content_kind(headers)
-        binary_out = binary_in or SAFETENSORS.encode() in headers.get(b"accept", b"")
+        binary_out = binary_in or SAFETENSORS_MEDIA in headers.get(b"accept", b"")
         deadline = svc.deadline(_text(headers, b"x-deadline-ms"))
         with svc.dispatcher.slot():
-            body = await read_body(receive, headers, self.settings.max_body_bytes, writable=binary_in)
-            content, media = await svc.compute(spec, body, binary_in, binary_out, deadline)
-        return content, media.encode()
+            body = await read_body(receive, headers, svc.settings.max_body_bytes, writable=binary_in)
+            content = await svc.compute(spec, body, binary_in, binary_out, deadline)
+        return content, SAFETENSORS_MEDIA if binary_out else JSON_MEDIA
 
     async def _multi(
         self,
@@ -209,5 +215,5 @@ class ComputeEndpoints:
             raise Problem(415, "batch and composite bodies are JSON")
         deadline = svc.deadline(_text(headers, b"x-deadline-ms"))
         with svc.dispatcher.slot():
-            body = await read_body(receive, headers, self.settings.max_body_bytes, writable=False)
-            return await run(body, key, deadline), JSON.encode()
+            body = await read_body(receive, headers, svc.settings.max_body_bytes, writable=False)
+            return await run(body, key, deadline), JSON_MEDIA

@@ -166,6 +166,10 @@ class Service:
             return codecs.loads_large(body)
         return codecs.loads(body)
 
+    def _small(self, body: memoryview) -> bool:
+        """Whether a body is small enough to be handled on the event loop (LOSSD_INLINE_MAX_BYTES)."""
+        return len(body) <= self.settings.inline_max_bytes
+
     async def _host(self, small: bool, fn: Any, *args: Any) -> Any:
         """Host-side work (decoding, encoding): inline for small bodies, else on the host pool."""
         if small:
@@ -190,15 +194,15 @@ class Service:
 
     async def compute(
         self, spec: LossSpec, body: memoryview, binary_in: bool, binary_out: bool, deadline: float
-    ) -> tuple[bytes | list[memoryview], str]:
-        """One loss call. Small bodies are handled on the event loop and, on the CPU, computed
-        there too (a thread hand-off costs more than their microseconds of work); large ones
-        are decoded and encoded on the host pool and computed on the device worker."""
-        media = SAFETENSORS if binary_out else JSON
-        small = len(body) <= self.settings.inline_max_bytes
+    ) -> bytes | list[memoryview]:
+        """One loss call: the response body (safetensors chunks when ``binary_out``). Small bodies
+        are handled on the event loop and, on the CPU, computed there too (a thread hand-off
+        costs more than their microseconds of work); large ones are decoded and encoded on the
+        host pool and computed on the device worker."""
+        small = self._small(body)
         call, b64 = await self._host(small, self.decode_call, spec, body, binary_in)
         result = await self.dispatcher.submit(Engine.run, call, deadline=deadline, inline=small)
-        return await self._host(small, self.encode_result, result, b64, binary_out), media
+        return await self._host(small, self.encode_result, result, b64, binary_out)
 
     def result_json(self, r: Result, b64: bool) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -222,7 +226,7 @@ class Service:
 
     async def batch(self, body: memoryview, key: str | None, deadline: float) -> bytes:
         """Many small calls: decoded, run and encoded in one trip to a device worker."""
-        small = len(body) <= self.settings.inline_max_bytes
+        small = self._small(body)
         return await self.dispatcher.submit(self._batch_job, body, key, deadline=deadline, inline=small)
 
     def _batch_job(self, engine: Engine, body: memoryview, key: str | None) -> bytes:
@@ -260,7 +264,7 @@ class Service:
     # -- composite -----------------------------------------------------------------------
 
     async def composite(self, body: memoryview, key: str | None, deadline: float) -> bytes:
-        small = len(body) <= self.settings.inline_max_bytes
+        small = self._small(body)
         comp, b64 = await self._host(small, self._prepare_composite, body, key)
         res = await self.dispatcher.submit(Engine.run_composite, comp, deadline=deadline, inline=small)
         return await self._host(small, self._encode_composite, res, b64)
