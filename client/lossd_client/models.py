@@ -32,6 +32,14 @@ class TorchResult(NamedTuple):
     grads: dict[str, torch.Tensor]
 
 
+def _torch_result(
+    value: float | NDArray, grads: Mapping[str, NDArray], dtypes: Mapping[str, str], device: Any
+) -> TorchResult:
+    """A result's value and gradients as torch tensors in their wire dtypes."""
+    tensors = {k: _to_torch(v, dtypes.get(k, str(v.dtype)), device) for k, v in grads.items()}
+    return TorchResult(_to_torch(value, dtypes.get("value", "float32"), device), tensors)
+
+
 @dataclass(frozen=True)
 class LossResult:
     """One loss's answer.
@@ -50,8 +58,7 @@ class LossResult:
 
     def to_torch(self, device: Any = None) -> TorchResult:
         """The value and gradients as torch tensors in their wire dtypes (needs torch)."""
-        grads = {k: _to_torch(v, self.dtypes.get(k, str(v.dtype)), device) for k, v in self.grads.items()}
-        return TorchResult(_to_torch(self.value, self.dtypes.get("value", "float32"), device), grads)
+        return _torch_result(self.value, self.grads, self.dtypes, device)
 
 
 @dataclass(frozen=True)
@@ -72,8 +79,7 @@ class CompositeResult:
     dtypes: dict[str, str] = field(default_factory=dict)
 
     def to_torch(self, device: Any = None) -> TorchResult:
-        grads = {k: _to_torch(v, self.dtypes.get(k, str(v.dtype)), device) for k, v in self.grads.items()}
-        return TorchResult(_to_torch(self.value, self.dtypes.get("value", "float32"), device), grads)
+        return _torch_result(self.value, self.grads, self.dtypes, device)
 
 
 @dataclass(frozen=True)
