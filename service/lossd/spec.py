@@ -8,6 +8,7 @@ conversion and validation from the spec; the HTTP layer derives the catalogue fr
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Union, get_args
@@ -118,11 +119,12 @@ class LossSpec:
     def differentiable(self) -> tuple[str, ...]:
         return tuple(i.name for i in self.inputs if i.differentiable)
 
+    @functools.cached_property
+    def _inputs_by_name(self) -> dict[str, Input]:
+        return {i.name: i for i in self.inputs}
+
     def input(self, name: str) -> Input | None:
-        for i in self.inputs:
-            if i.name == name:
-                return i
-        return None
+        return self._inputs_by_name.get(name)
 
 
 # ---------------------------------------------------------------------------
