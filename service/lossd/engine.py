@@ -267,18 +267,12 @@ class Engine:
 
     def _run(self, call: Call) -> Result:
         spec = call.spec
-        if spec.host_only:
-            with torch.inference_mode():
-                out = spec.fn(**self._kwargs(call, call.inputs))
-            value, terms = out if isinstance(out, tuple) else (out, None)
-            return Result(spec.name, value.cpu(), {}, _terms(terms))
+        # A host-only loss (edit_distance) computes where its inputs already are.
+        tensors = dict(call.inputs) if spec.host_only else {k: self._to_device(v) for k, v in call.inputs.items()}
         if not call.grad:
             with torch.inference_mode():
-                tensors = {k: self._to_device(v) for k, v in call.inputs.items()}
-                out = spec.fn(**self._kwargs(call, tensors))
-                value, terms = out if isinstance(out, tuple) else (out, None)
-                return Result(spec.name, value.cpu(), {}, _terms(terms))
-        tensors = {k: self._to_device(v) for k, v in call.inputs.items()}
+                value, terms = _value_and_terms(spec.fn(**self._kwargs(call, tensors)))
+            return Result(spec.name, value.cpu(), {}, _terms(terms))
         leaves = []
         for name in call.grad:
             t = tensors[name]
@@ -286,8 +280,7 @@ class Engine:
             leaf = t.detach().requires_grad_(True)
             tensors[name] = leaf
             leaves.append(leaf)
-        out = spec.fn(**self._kwargs(call, tensors))
-        value, terms = out if isinstance(out, tuple) else (out, None)
+        value, terms = _value_and_terms(spec.fn(**self._kwargs(call, tensors)))
         total = value if value.dim() == 0 else value.sum()
         gs = torch.autograd.grad(total, leaves, allow_unused=True) if total.requires_grad else [None] * len(leaves)
         grads = {}
@@ -339,8 +332,7 @@ class Engine:
                         tensors[name] = leaves[ref].to(t.dtype)
                     else:
                         tensors[name] = self._to_device(t)
-                out = term.call.spec.fn(**self._kwargs(term.call, tensors))
-                value = out[0] if isinstance(out, tuple) else out
+                value, _ = _value_and_terms(term.call.spec.fn(**self._kwargs(term.call, tensors)))
                 if value.dim() != 0:
                     value = value.sum()
                 values.append((term.call.spec.name, term.weight, value.detach().cpu()))
@@ -365,6 +357,11 @@ class Engine:
 
     def shutdown(self) -> None:
         self.executor.shutdown(wait=True)
+
+
+def _value_and_terms(out: Any) -> tuple[torch.Tensor, Mapping[str, torch.Tensor] | None]:
+    """A loss function returns its value, or (value, named terms)."""
+    return out if isinstance(out, tuple) else (out, None)
 
 
 def _terms(terms: Mapping[str, torch.Tensor] | None) -> dict[str, float] | None:
