@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
 import time
@@ -286,6 +287,34 @@ def test_batch_one_bad_call_fails_alone(server: Server) -> None:
     assert res[1]["error"]["status"] == 404
     assert res[2]["error"]["status"] == 422
     assert res[3]["loss"] == "focal" and res[3]["grads"]["input"]["shape"] == [2, 3]
+
+
+def test_large_batch_goes_through_the_workers(server: Server) -> None:
+    """A batch body over the inline limit is decoded on the host pool and run on a device worker:
+    same answers, each against torch, b64 encoding honoured, a bad call still failing alone."""
+    gen = torch.Generator().manual_seed(5)
+    xs = [torch.randn(20_000, generator=gen) for _ in range(3)]
+    ys = [torch.randn(20_000, generator=gen) for _ in range(3)]
+    calls: list[dict] = [
+        {"loss": "mse", "inputs": {"input": x.tolist(), "target": y.tolist()}, "grad": ["input"]}
+        for x, y in zip(xs, ys)
+    ]
+    calls.insert(1, {"loss": "mse", "inputs": {"input": [1.0, 2.0], "target": [1.0]}})
+    body = {"calls": calls, "encoding": "b64"}
+    assert len(json.dumps(body)) > 256 * 1024
+    r = post(server, "/v1/batch", json=body)
+    assert r.status_code == 200, r.text
+    res = r.json()["results"]
+    assert res[1]["error"]["status"] == 422
+    for out, x, y in zip([res[0], res[2], res[3]], xs, ys):
+        xr = x.clone().requires_grad_(True)
+        ref = torch.nn.functional.mse_loss(xr, y)
+        ref.backward()
+        assert out["value"] == pytest.approx(ref.item(), rel=1e-6)
+        g = out["grads"]["input"]
+        assert g["shape"] == [20_000] and "b64" in g
+        got = torch.frombuffer(bytearray(base64.b64decode(g["b64"])), dtype=torch.float32)
+        assert torch.allclose(got, xr.grad, rtol=1e-5, atol=1e-9)
 
 
 def test_composite_sums_weighted_terms(server: Server) -> None:

@@ -225,13 +225,12 @@ class Service:
     # -- batch ---------------------------------------------------------------------------
 
     async def batch(self, body: memoryview, key: str | None, deadline: float) -> bytes:
-        """Many small calls: decoded, run and encoded in one trip to a device worker."""
+        """Many calls in one request: decoded and encoded on the host (as single calls are), run
+        in one trip to a device worker."""
         small = self._small(body)
-        return await self.dispatcher.submit(self._batch_job, body, key, deadline=deadline, inline=small)
-
-    def _batch_job(self, engine: Engine, body: memoryview, key: str | None) -> bytes:
-        calls, b64 = self._prepare_batch(body, key)
-        return self._encode_batch(engine.run_many(calls), b64)
+        calls, b64 = await self._host(small, self._prepare_batch, body, key)
+        results = await self.dispatcher.submit(Engine.run_many, calls, deadline=deadline, inline=small)
+        return await self._host(small, self._encode_batch, results, b64)
 
     def _prepare_batch(self, body: memoryview, key: str | None) -> tuple[list[Call | Problem], bool]:
         obj = self._loads(body)
