@@ -117,12 +117,51 @@ def test_nonfinite_both_ways() -> None:
         {"dtype": "float32", "shape": [1], "data": ["abc"]},
         None,
         "hello",
+        [1.0, None],  # null is not a number, wherever it stands
+        [None, 1.0],
+        [1.0, "1.5"],  # nor is a numeric string: only NaN/Infinity/-Infinity
+        [1.0, " 7 "],
+        [[1.0, 2.0], [3.0, "+inf"]],
+        {"dtype": "float32", "shape": [2], "data": [None, 1]},
+        [2**64 - 100],  # integers of 2**63 and over do not fit int64 (numpy would wrap them)
+        [2**63, 5],
+        2**63,
+        [1e39, 1.0],  # overflows float32, the inferred dtype
+        {"dtype": "float16", "shape": [1], "data": [1e6]},  # overflows the declared dtype
+        {"dtype": "bfloat16", "shape": [1], "data": [3.4e38]},
+        {"dtype": [], "shape": [1], "data": [1]},  # unhashable dtype
+        {"dtype": {"a": 1}, "shape": [1], "b64": ""},
+        {"dtype": "float32", "shape": [1, True], "data": [1.0]},
     ],
 )
 def test_malformed_tensors_are_400(obj: object) -> None:
     with pytest.raises(Problem) as e:
         decode_tensor(obj, ("inputs", "x"), LIMITS)
     assert e.value.status == 400
+
+
+def test_declared_nonfinite_and_extreme_values_are_kept() -> None:
+    """What the overflow checks must not refuse: non-finite floats sent as such, and the largest finite values."""
+    t = decode_tensor({"dtype": "float16", "shape": [3], "data": ["NaN", "-Infinity", 65504.0]}, ("x",), LIMITS)
+    assert isinstance(t, torch.Tensor) and t.dtype == torch.float16
+    assert math.isnan(t[0]) and t[1] == -math.inf and t[2] == 65504.0
+    t = decode_tensor([3.0e38, "Infinity"], ("x",), LIMITS)
+    assert isinstance(t, torch.Tensor) and t.tolist() == [pytest.approx(3.0e38), math.inf]
+    assert decode_tensor([2**63 - 1], ("x",), LIMITS).tolist() == [2**63 - 1]  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    "obj",
+    [
+        {"dtype": "float32", "shape": [1] * 17, "data": [1.0]},
+        {"dtype": "float32", "shape": [1] * 70, "b64": base64.b64encode(b"\x00" * 4).decode()},
+        [[[[[[[[[[[[[[[[[1.0]]]]]]]]]]]]]]]]],  # 17 levels
+    ],
+)
+def test_more_than_max_dims_is_422(obj: object) -> None:
+    with pytest.raises(Problem) as e:
+        decode_tensor(obj, ("inputs", "x"), LIMITS)
+    assert e.value.status == 422 and "dimensions" in e.value.detail
 
 
 def test_declared_shape_over_limit_is_413_before_data() -> None:
@@ -151,6 +190,19 @@ def test_safetensors_header_limits_and_garbage() -> None:
     with pytest.raises(Problem) as e:
         read_safetensors(bytearray(many), LIMITS)
     assert e.value.status == 413
+    # Not the format: data that overlap, leave a gap or stop before the end; dtypes that are not names.
+    for entries, data in [
+        ({"a": ("F32", [2], [0, 8]), "b": ("F32", [2], [0, 8])}, 8),  # overlap
+        ({"a": ("F32", [1], [0, 4]), "b": ("F32", [1], [8, 12])}, 12),  # gap
+        ({"a": ("F32", [1], [0, 4])}, 8),  # trailing bytes
+        ({"a": ("F32", [2], [0, 8.0])}, 8),  # offsets must be integers
+        ({"a": (["F32"], [2], [0, 8])}, 8),
+        ({"a": ({}, [2], [0, 8])}, 8),
+    ]:
+        header = orjson.dumps({k: {"dtype": d, "shape": s, "data_offsets": o} for k, (d, s, o) in entries.items()})
+        with pytest.raises(Problem) as e:
+            read_safetensors(bytearray(len(header).to_bytes(8, "little") + header + b"\x00" * data), LIMITS)
+        assert e.value.status == 400, entries
     # Offsets past the end of the body.
     header = orjson.dumps({"x": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}})
     with pytest.raises(Problem) as e:
@@ -211,6 +263,21 @@ def test_loads_large_falls_back_to_the_general_path(tensor: list) -> None:
     plain, fast = both_ways({"inputs": {"x": tensor}})
     assert fast == plain  # the fallback is loads itself
     assert isinstance(fast, dict) and isinstance(fast["inputs"]["x"], list)
+
+
+def test_loads_large_sees_arrays_hidden_by_escaped_brackets() -> None:
+    """The structure check counts "[": a "\\u005b" in a string must not cancel out a hidden array."""
+    xs: list = [1.5] * 5000
+    xs[1] = [2.0]
+    body = memoryview(b'{"loss":"\\u005b","inputs":{"x":' + codecs.dumps(xs) + b"}}")
+    fast = codecs.loads_large(body)
+    assert isinstance(fast, dict) and isinstance(fast["inputs"]["x"], list)  # fell back
+    with pytest.raises(Problem) as e:
+        decode_tensor(fast["inputs"]["x"], ("x",), LIMITS_BIG)
+    assert e.value.status == 400
+    xs[1] = 2.0  # and an escaped bracket alone does not stop the fast path
+    fast = codecs.loads_large(memoryview(b'{"loss":"\\u005B[","inputs":{"x":' + codecs.dumps(xs) + b"}}"))
+    assert isinstance(fast, dict) and fast["loss"] == "[[" and isinstance(fast["inputs"]["x"], np.ndarray)
 
 
 def test_loads_large_invalid_json_is_400() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import os
 import time
@@ -96,7 +97,10 @@ def test_methods_on_compute_paths(server: Server) -> None:
     r = httpx.get(server.url + "/v1/batch")
     assert_problem(r, 405)
     assert r.headers["allow"] == "POST"
-    assert httpx.put(server.url + "/v1/losses/mse").status_code == 405  # FastAPI: GET is the other method there
+    for method in ("PUT", "DELETE", "PATCH"):
+        r = httpx.request(method, server.url + "/v1/losses/mse")
+        assert_problem(r, 405)
+        assert r.headers["allow"] == "GET, HEAD, POST"
     assert httpx.get(server.url + "/v1/losses/mse").json()["name"] == "mse"
     assert_problem(post(server, "/v1/losses/a/b", json=CE), 404)
 
@@ -104,6 +108,9 @@ def test_methods_on_compute_paths(server: Server) -> None:
 def test_404_names_closest(server: Server) -> None:
     body = assert_problem(post(server, "/v1/losses/crossentropy", json=CE), 404)
     assert "cross_entropy" in body["detail"]
+    body = assert_problem(post(server, "/v1/losses/CROSS_ENTROPY", json=CE), 404)  # names are exact...
+    assert "closest: cross_entropy" in body["detail"]  # ...suggestions ignore case
+    assert "closest: " in assert_problem(post(server, "/v1/losses/zzzzzzzz", json=CE), 404)["detail"]
     assert_problem(httpx.get(server.url + "/v1/losses/nope_nope"), 404)
     assert_problem(httpx.get(server.url + "/no/such/route"), 404)
 
@@ -130,6 +137,20 @@ def test_415_content_type(server: Server) -> None:
         ({"inputs": {"input": [[1.0, 2.0]]}}, ["inputs", "target"]),
         ({"inputs": {"input": [[1.0, 2.0]], "target": [0]}, "grad": ["target"]}, ["grad", "target"]),
         ({"inputs": {"input": [[1.0, 2.0]], "target": [0]}, "grad": ["weight"]}, ["grad", "weight"]),
+        ({"inputs": {"input": [[1.0, 2.0]], "target": [0]}, "loss": "focal"}, ["loss"]),  # not a field of one call
+        # params are typed strictly: a string is not a number, a boolean not an index
+        (
+            {"inputs": {"input": [[1.0, 2.0]], "target": [0]}, "params": {"label_smoothing": "0.1"}},
+            ["params", "label_smoothing"],
+        ),
+        (
+            {"inputs": {"input": [[1.0, 2.0]], "target": [0]}, "params": {"ignore_index": True}},
+            ["params", "ignore_index"],
+        ),
+        (
+            {"inputs": {"input": [[1.0, 2.0]], "target": [0]}, "params": {"ignore_index": "0"}},
+            ["params", "ignore_index"],
+        ),
     ],
 )
 def test_422_field_errors(server: Server, body: dict, loc: list) -> None:
@@ -194,6 +215,51 @@ def test_binary_round_trip_and_accept(server: Server) -> None:
     )
     assert r.headers["content-type"] == "application/x-safetensors"
     assert float(safetensors.torch.load(r.content)["value"]) == pytest.approx(2.5)
+    # Accept's q-values count: q=0 means "not this", and a JSON preferred over it is JSON.
+    for accept in ("application/x-safetensors;q=0", "application/json, application/x-safetensors;q=0.5"):
+        r = post(
+            server, "/v1/losses/mse", json={"inputs": {"input": [1.0], "target": [0.0]}}, headers={"accept": accept}
+        )
+        assert r.headers["content-type"] == "application/json" and r.json()["value"] == pytest.approx(1.0)
+
+
+def test_binary_terms_carry_nonfinite_values_as_strings(server: Server) -> None:
+    """The terms metadata of a safetensors answer spells NaN and Infinity as JSON responses do."""
+    hm = torch.full((1, 1, 4, 4), -3.0)
+    hm[0, 0, 0, 0] = float("nan")
+    hm_target = torch.zeros(1, 1, 4, 4)
+    hm_target[0, 0, 1, 1] = 1.0
+    wh = torch.zeros(1, 2, 4, 4)
+    wh[0, 0, 1, 1] = float("inf")
+    tensors = {
+        "hm": hm,
+        "hm_target": hm_target,
+        "wh": wh,
+        "wh_target": torch.zeros(1, 1, 2),
+        "offset": torch.zeros(1, 2, 4, 4),
+        "offset_target": torch.zeros(1, 1, 2),
+        "ind": torch.tensor([[5]]),
+        "mask": torch.tensor([[1.0]]),
+    }
+    body = safetensors.torch.save(tensors)
+    r = post(server, "/v1/losses/centernet", content=body, headers={"content-type": "application/x-safetensors"})
+    assert r.status_code == 200, r.text
+    with safe_open_bytes(r.content) as st:
+        terms = json.loads(st.metadata()["terms"])
+    assert terms["hm"] == "NaN" and terms["wh"] == "Infinity" and terms["offset"] == 0.0
+
+
+@contextlib.contextmanager
+def safe_open_bytes(content: bytes):  # type: ignore[no-untyped-def]
+    import tempfile
+
+    from safetensors import safe_open
+
+    with tempfile.NamedTemporaryFile(suffix=".safetensors") as f:
+        f.write(content)
+        f.flush()
+        with safe_open(f.name, "pt") as st:
+            yield st
 
 
 def test_nan_travels_as_string(server: Server) -> None:
@@ -286,7 +352,13 @@ def test_batch_one_bad_call_fails_alone(server: Server) -> None:
     assert res[0]["value"] == pytest.approx(2.5)
     assert res[1]["error"]["status"] == 404
     assert res[2]["error"]["status"] == 422
+    assert res[2]["error"]["errors"][0]["loc"] == ["calls", 2, "inputs", "target"]  # located in the batch
     assert res[3]["loss"] == "focal" and res[3]["grads"]["input"]["shape"] == [2, 3]
+    # The encoding is the batch's: a call that names one is told so.
+    bad = {"loss": "mse", "inputs": {"input": [1.0], "target": [0.0]}, "encoding": "garbage"}
+    res = post(server, "/v1/batch", json={"calls": [bad, calls[0]]}).json()["results"]
+    assert res[0]["error"]["status"] == 422 and res[0]["error"]["errors"][0]["loc"] == ["calls", 0, "encoding"]
+    assert res[1]["value"] == pytest.approx(2.5)
 
 
 def test_large_batch_goes_through_the_workers(server: Server) -> None:
@@ -352,6 +424,10 @@ def test_composite_sums_weighted_terms(server: Server) -> None:
     bad = dict(body, terms=[*body["terms"], {"loss": "mse", "inputs": {"input": "logits", "target": "nothere"}}])
     problem = assert_problem(post(server, "/v1/composite", json=bad), 422)
     assert problem["errors"][0]["loc"][:2] == ["terms", 2]
+    # A shared tensor that no term uses is a mistake, not something to ignore.
+    unused = dict(body, inputs={**body["inputs"], "spare": [1.0]})
+    problem = assert_problem(post(server, "/v1/composite", json=unused), 422)
+    assert problem["errors"][0]["loc"] == ["inputs", "spare"]
 
 
 def test_401_403_429_with_keys_and_rate_limit() -> None:

@@ -62,6 +62,9 @@ NONFINITE_IN = {
 
 ST_CODES: dict[torch.dtype, str] = {v: k for k, v in ST_DTYPES.items()}
 
+# No loss takes more; numpy stops at 64 and some torch kernels at 25.
+MAX_DIMS = 16
+
 JSONTensor = torch.Tensor | list[str]
 
 
@@ -84,10 +87,29 @@ def _too_large(loc: Sequence[str | int], n: int, limits: Limits) -> Problem:
     return Problem(413, f"{_where(loc)}: {msg}", errors=[{"loc": list(loc), "msg": msg}])
 
 
+def _too_many_dims(loc: Sequence[str | int], ndim: int) -> Problem:
+    msg = f"{ndim} dimensions is over the limit of {MAX_DIMS}"
+    return Problem(422, f"{_where(loc)}: {msg}", errors=[{"loc": list(loc), "msg": msg}])
+
+
 def _numel(shape: Any, loc: Sequence[str | int]) -> int:
-    if not isinstance(shape, list) or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in shape):
+    if not isinstance(shape, list) or not all(type(s) is int and s >= 0 for s in shape):
         raise _bad(loc, "shape must be a list of non-negative integers")
+    if len(shape) > MAX_DIMS:
+        raise _too_many_dims(loc, len(shape))
     return math.prod(shape)
+
+
+def _narrow(arr: np.ndarray, target: Any, loc: Sequence[str | int]) -> np.ndarray:
+    """A float array cast to a narrower float dtype; 400 where a finite value overflows to infinity."""
+    with np.errstate(over="ignore"):
+        out = arr.astype(target)
+    # One float64 sum tells whether anything is infinite (or NaN); only then look closer.
+    if not math.isfinite(np.add.reduce(out, dtype=np.float64, axis=None)) and bool(
+        np.any(np.isinf(out) & np.isfinite(arr))
+    ):
+        raise _bad(loc, f"data out of range for dtype {np.dtype(target).name}")
+    return out
 
 
 def _replace_nonfinite(obj: Any, loc: Sequence[str | int]) -> Any:
@@ -112,7 +134,22 @@ def _to_numpy(data: Any, loc: Sequence[str | int]) -> np.ndarray:
         arr = _to_numpy(_replace_nonfinite(data, loc), loc)
     if arr.dtype.kind not in "biuf":
         raise _bad(loc, "data is not a rectangular array of numbers or booleans")
+    if arr.dtype.kind == "u" or (arr.dtype.kind == "f" and arr.size and _all_ints_over_int64(data, arr)):
+        # numpy reads integers of 2**63 and over as uint64, or as float64 beside smaller ones
+        raise _bad(loc, "integer data out of range for int64")
+    if arr.ndim > MAX_DIMS:
+        raise _too_many_dims(loc, arr.ndim)
     return arr
+
+
+def _all_ints_over_int64(data: Any, arr: np.ndarray) -> bool:
+    """Whether float64 ``arr`` came from integers only, one of them past int64 (then its dtype is int64)."""
+    if float(np.abs(arr).max()) < 2.0**63:
+        return False
+    leaves = [data]
+    while leaves and isinstance(leaves[0], list):
+        leaves = [x for sub in leaves for x in sub]
+    return all(type(x) is int for x in leaves)
 
 
 def _first_leaf_is_float(obj: list[Any]) -> bool:
@@ -137,14 +174,19 @@ def _cast(arr: np.ndarray, dtype: str, loc: Sequence[str | int]) -> np.ndarray:
     elif target.kind == "b" and arr.dtype.kind != "b":
         if arr.size and not bool(np.all((arr == 0) | (arr == 1))):
             raise _bad(loc, "data is not boolean (0/1, true/false), declared dtype bool")
+    elif target.kind == "f" and arr.dtype.kind == "f" and target.itemsize < arr.dtype.itemsize:
+        return _narrow(arr, target, loc)
     return arr.astype(target)
 
 
-def _from_numpy(arr: np.ndarray, dtype: str | None) -> torch.Tensor:
+def _from_numpy(arr: np.ndarray, dtype: str | None, loc: Sequence[str | int]) -> torch.Tensor:
     # np.ascontiguousarray would turn a 0-d array into 1-d.
     t = torch.from_numpy(arr if arr.flags.c_contiguous else arr.copy())
     if dtype == "bfloat16":
-        t = t.to(torch.bfloat16)
+        b = t.to(torch.bfloat16)
+        if bool((b.isinf() & t.isfinite()).any()):
+            raise _bad(loc, "data out of range for dtype bfloat16")
+        t = b
     return t
 
 
@@ -157,16 +199,17 @@ def decode_tensor(obj: Any, loc: Sequence[str | int], limits: Limits, text_ok: b
     if text_ok and isinstance(obj, list) and not obj:
         return []
     if isinstance(obj, list) and _first_leaf_is_float(obj):
-        # At least one float: the inferred dtype is float32 whatever else is there, so skip
-        # numpy's inference pass (a fifth of decoding a large nested body).
+        # The common case, numbers only. numpy's own inference decides (asking it for float32
+        # directly would also read None as NaN and "1.5" as a number); anything but floats
+        # (strings such as "NaN", None, ragged nesting) goes the general way, which says why.
         try:
-            arr32 = np.asarray(obj, dtype=np.float32)
+            arr64 = np.asarray(obj)
         except (ValueError, TypeError, OverflowError):
-            arr32 = None  # ragged, or strings other than NaN/Infinity: the general path says why
-        if arr32 is not None:
-            if arr32.size > limits.max_elements:
-                raise _too_large(loc, arr32.size, limits)
-            return torch.from_numpy(arr32)
+            arr64 = None
+        if arr64 is not None and arr64.dtype.kind == "f" and arr64.ndim <= MAX_DIMS:
+            if arr64.size > limits.max_elements:
+                raise _too_large(loc, arr64.size, limits)
+            return torch.from_numpy(_narrow(arr64, np.float32, loc))
     if isinstance(obj, str):
         if obj in NONFINITE_IN:
             return torch.tensor(NONFINITE_IN[obj], dtype=torch.float32)
@@ -182,10 +225,10 @@ def decode_tensor(obj: Any, loc: Sequence[str | int], limits: Limits, text_ok: b
         raise _too_large(loc, arr.size, limits)
     kind = arr.dtype.kind
     if kind == "f":
-        arr = arr.astype(np.float32)
-    elif kind in "iu":
+        arr = _narrow(arr, np.float32, loc)
+    elif kind == "i":
         arr = arr.astype(np.int64)
-    return _from_numpy(arr, None)
+    return _from_numpy(arr, None, loc)
 
 
 def _decode_object(obj: dict[str, Any], loc: Sequence[str | int], limits: Limits) -> torch.Tensor:
@@ -193,7 +236,7 @@ def _decode_object(obj: dict[str, Any], loc: Sequence[str | int], limits: Limits
     if extra:
         raise _bad(loc, f"unknown tensor fields {sorted(extra)}")
     dtype = obj.get("dtype")
-    if dtype not in DTYPES:
+    if not isinstance(dtype, str) or dtype not in DTYPES:
         raise _bad(loc, f"dtype must be one of {list(DTYPES)}, got {dtype!r}")
     if "shape" not in obj:
         raise _bad(loc, "a tensor object needs a shape")
@@ -209,10 +252,9 @@ def _decode_object(obj: dict[str, Any], loc: Sequence[str | int], limits: Limits
     target = NP_DTYPES[dtype]
     if target.kind == "f":
         # A declared float dtype needs no inference pass (about 20% of decoding a large body).
-        try:
-            arr = np.asarray(obj["data"], dtype=target)
-        except (ValueError, TypeError, OverflowError):
-            raise _bad(loc, f"data is not a rectangular array of numbers for dtype {dtype}") from None
+        arr = _to_numpy(obj["data"], loc)
+        if arr.dtype.kind == "f" and arr.dtype != target:
+            arr = _narrow(arr, target, loc)
     else:
         arr = _to_numpy(obj["data"], loc)
     if arr.size != n:
@@ -220,7 +262,7 @@ def _decode_object(obj: dict[str, Any], loc: Sequence[str | int], limits: Limits
     if arr.shape != tuple(shape) and arr.ndim != 1:
         raise _bad(loc, f"nested data of shape {list(arr.shape)} does not match shape {shape}")
     arr = _cast(arr, dtype, loc).reshape(shape)
-    return _from_numpy(arr, dtype)
+    return _from_numpy(arr, dtype, loc)
 
 
 def _decode_b64(s: Any, dtype: str, shape: list[int], n: int, loc: Sequence[str | int]) -> torch.Tensor:
@@ -353,7 +395,15 @@ def _parse_large(body: memoryview) -> Any:
         _parsers.parser = parser
     brackets = [0]
     out = _convert(parser.parse(body), brackets, tensors=False)
-    if int(np.count_nonzero(np.frombuffer(body, dtype=np.uint8) == ord("["))) != brackets[0]:
+    raw = np.frombuffer(body, dtype=np.uint8)
+    # A "[" inside a string may also be written \u005b; hiding one of those would offset a
+    # hidden array, so they count too (an escaped backslash before "u005b" only overcounts,
+    # which falls back).
+    at = np.flatnonzero(raw[:-5] == ord("\\"))
+    escaped = (
+        (raw[at + 1] == ord("u")) & (raw[at + 2] == ord("0")) & (raw[at + 3] == ord("0")) & (raw[at + 4] == ord("5"))
+    ) & ((raw[at + 5] | 0x20) == ord("b"))
+    if int(np.count_nonzero(raw == ord("["))) + int(np.count_nonzero(escaped)) != brackets[0]:
         raise _Fallback
     return out
 
@@ -455,14 +505,15 @@ def read_safetensors(body: memoryview | bytearray, limits: Limits) -> tuple[dict
     plan: list[tuple[str, torch.dtype, list[int], int, int]] = []
     for name, info in header.items():
         loc = ("inputs", name)
-        if not isinstance(info, dict) or info.get("dtype") not in ST_DTYPES:
+        code = info.get("dtype") if isinstance(info, dict) else None
+        if not isinstance(code, str) or code not in ST_DTYPES:
             raise _bad(loc, f"unsupported safetensors dtype {info.get('dtype') if isinstance(info, dict) else info!r}")
         shape: list[int] = info["shape"] if "shape" in info else None  # type: ignore[assignment]  # checked by _numel
         numel = _numel(shape, loc)
         if numel > limits.max_elements:
             raise _too_large(loc, numel, limits)
         offs = info.get("data_offsets")
-        if not (isinstance(offs, list) and len(offs) == 2 and all(isinstance(o, int) for o in offs)):
+        if not (isinstance(offs, list) and len(offs) == 2 and all(type(o) is int for o in offs)):
             raise _bad(loc, "data_offsets must be [begin, end]")
         begin, end = offs
         dtype = ST_DTYPES[info["dtype"]]
@@ -470,6 +521,14 @@ def read_safetensors(body: memoryview | bytearray, limits: Limits) -> tuple[dict
         if not (0 <= begin <= end and base + end <= len(body)) or end - begin != numel * itemsize:
             raise _bad(loc, f"data_offsets {offs} do not match shape {shape} and dtype {info['dtype']}")
         plan.append((name, dtype, shape, base + begin, numel))
+    # As the format requires: the tensors' data tile the byte buffer, without overlaps or holes.
+    pos = base
+    for _, dtype, _, offset, numel in sorted(plan, key=lambda p: (p[3], p[4] * p[1].itemsize)):
+        if offset != pos:
+            raise Problem(400, "body is not a safetensors file (tensor data overlap or leave a gap)")
+        pos = offset + numel * dtype.itemsize
+    if pos != len(body):
+        raise Problem(400, "body is not a safetensors file (bytes after the last tensor)")
     tensors: dict[str, torch.Tensor] = {}
     for name, dtype, shape, offset, numel in plan:
         if numel == 0:

@@ -68,6 +68,28 @@ def content_kind(headers: Headers) -> bool:
     raise Problem(415, f"unsupported Content-Type {ctype!r}: use {JSON} or {SAFETENSORS}")
 
 
+def wants_safetensors(accept: bytes | None) -> bool:
+    """Whether an Accept header prefers safetensors to JSON (JSON unless safetensors is named
+    with a q above zero and at least that of JSON or of a wildcard covering JSON)."""
+    if not accept or SAFETENSORS_MEDIA not in accept:
+        return False
+    q: dict[str, float] = {}
+    for item in accept.decode("latin-1").split(","):
+        media, *params = (p.strip() for p in item.split(";"))
+        weight = 1.0
+        for p in params:
+            key, _, value = p.partition("=")
+            if key.strip().lower() == "q":
+                try:
+                    weight = float(value)
+                except ValueError:
+                    weight = 0.0
+        q[media.lower()] = max(q.get(media.lower(), 0.0), weight)
+    st = q.get(SAFETENSORS, 0.0)
+    json_q = q.get(JSON, q.get("application/*", q.get("*/*", 0.0)))
+    return st > 0 and st >= json_q
+
+
 def _text(headers: Headers, name: bytes) -> str | None:
     v = headers.get(name)
     return None if v is None else v.decode("latin-1")
@@ -139,7 +161,8 @@ class ComputeEndpoints:
         path = route_path(scope)
         if path.startswith(LOSS_PREFIX):
             name = path[len(LOSS_PREFIX) :]
-            if scope["method"] == "POST" and name and "/" not in name:
+            # GET (and HEAD) of a loss is its catalogue entry, which FastAPI answers.
+            if scope["method"] not in ("GET", "HEAD") and name and "/" not in name:
                 return LOSS_ROUTE, name
             return None
         if path in MULTI_ROUTES:
@@ -159,10 +182,11 @@ class ComputeEndpoints:
         """Answer one request (``route`` from :meth:`route`); returns the status sent (0 when the client had gone)."""
         template, name = route
         try:
+            if scope["method"] != "POST":
+                allow = "GET, HEAD, POST" if template == LOSS_ROUTE else "POST"
+                raise Problem(405, f"method not allowed; use {allow}", headers={"Allow": allow})
             if template == LOSS_ROUTE:
                 body, media = await self._loss(scope, receive, headers, name, state)
-            elif scope["method"] != "POST":
-                raise Problem(405, "method not allowed; use POST", headers={"Allow": "POST"})
             else:
                 run = self.svc.batch if template == "/v1/batch" else self.svc.composite
                 body, media = await self._multi(scope, receive, headers, run)
@@ -194,7 +218,7 @@ class ComputeEndpoints:
         svc.keys.authorize(key, spec.name)
         svc.admit(key, self._client(scope))
         binary_in = content_kind(headers)
-        binary_out = binary_in or SAFETENSORS_MEDIA in headers.get(b"accept", b"")
+        binary_out = binary_in or wants_safetensors(headers.get(b"accept"))
         deadline = svc.deadline(_text(headers, b"x-deadline-ms"))
         with svc.dispatcher.slot():
             body = await read_body(receive, headers, svc.settings.max_body_bytes, writable=binary_in)

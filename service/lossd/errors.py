@@ -45,6 +45,12 @@ class Problem(Exception):
     def title(self) -> str:
         return TITLES.get(self.status, "Error")
 
+    def within(self, prefix: Sequence[str | int]) -> Problem:
+        """The same problem about a part of something larger (a call of a batch): locations prefixed."""
+        where = ".".join(str(p) for p in prefix)
+        errors = [{**e, "loc": [*prefix, *e["loc"]]} for e in self.errors or []]
+        return Problem(self.status, f"{where}: {self.detail}", errors=errors, headers=self.headers, type_=self.type)
+
     def body(self) -> dict[str, Any]:
         out: dict[str, Any] = {"type": self.type, "title": self.title, "status": self.status, "detail": self.detail}
         if self.errors:

@@ -136,9 +136,10 @@ class Service:
     def parse_json_call(
         self, spec: LossSpec, body: Any, where: tuple[str | int, ...] = ()
     ) -> tuple[dict[str, Any], Any, Any]:
+        """``where`` locates a call of a batch (whose calls name their loss; the batch has the encoding)."""
         if not isinstance(body, dict):
             raise Problem(400, "body must be a JSON object")
-        allowed = {"inputs", "params", "grad", "encoding", "loss"}
+        allowed = {"inputs", "params", "grad", "loss"} if where else {"inputs", "params", "grad", "encoding"}
         extra = set(body) - allowed
         if extra:
             k = sorted(extra)[0]
@@ -219,7 +220,7 @@ class Service:
         tensors = {"value": r.value, **{f"grad.{k}": v for k, v in r.grads.items()}}
         meta = {"loss": r.loss}
         if r.terms is not None:
-            meta["terms"] = orjson.dumps(r.terms).decode()
+            meta["terms"] = orjson.dumps({k: codecs.float_out(v) for k, v in r.terms.items()}).decode()
         return codecs.write_safetensors(tensors, meta)
 
     # -- batch ---------------------------------------------------------------------------
@@ -251,7 +252,10 @@ class Service:
                 spec = self.spec(c["loss"])
                 self.keys.authorize(key, spec.name)
                 inputs, params, grad = self.parse_json_call(spec, c, ("calls", i))
-                calls.append(self.engines[0].prepare(spec, inputs, params, grad))
+                try:
+                    calls.append(self.engines[0].prepare(spec, inputs, params, grad))
+                except Problem as p:
+                    raise p.within(("calls", i)) from None
             except Problem as p:
                 calls.append(p)
         return calls, b64
@@ -285,6 +289,7 @@ class Service:
         shared = codecs.decode_tensors(obj.get("inputs"), ("inputs",), self.limits, frozenset(_text_refs(obj, self)))
         terms: list[CompositeTerm] = []
         differentiable_refs: set[str] = set()
+        used: set[str] = set()
         for i, t in enumerate(terms_in):
             where: tuple[str | int, ...] = ("terms", i)
             if not isinstance(t, dict) or not isinstance(t.get("loss"), str):
@@ -320,6 +325,10 @@ class Service:
                     p.status if p.status == 503 else 422, f"term {i} ({spec.name}): {p.detail}", errors=errors or None
                 ) from None
             terms.append(CompositeTerm(call, float(weight), dict(refs)))
+            used.update(refs.values())
+        unused = [k for k in shared if k not in used]
+        if unused:
+            raise field_error(("inputs", unused[0]), "no term uses this tensor")
         grad = obj.get("grad", False)
         if grad is True:
             names = tuple(n for n in shared if n in differentiable_refs)

@@ -53,7 +53,8 @@ class InputError(Exception):
 class Params(BaseModel):
     """Base of every loss's params model: unknown params are errors, not ignored."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # strict: "2" is not a number and true is not an index (JSON numbers still fill float fields).
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 class Reduced(Params):

@@ -541,6 +541,27 @@ def test_focal_unbatched_and_gradcheck() -> None:
         assert torch.autograd.gradcheck(lambda v, a=alpha: C.focal(v, y, gamma=1.5, alpha=a), (xg,))
 
 
+@pytest.mark.parametrize("gamma", [0.25, 0.5, 0.9, 1.0, 2.0])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_focal_confident_rows_have_zero_not_nan_gradients(gamma: float, dtype: torch.dtype) -> None:
+    """Where p_t rounds to 1, (1-p_t)**gamma has an infinite derivative for gamma < 1; the loss
+    term and its true derivative are 0 there (central differences in float64 agree)."""
+    x = torch.tensor([[50.0, 0.0, 0.0], [0.3, 0.1, -0.2], [40.0, 0.0, 0.0]], dtype=dtype)
+    y = torch.tensor([0, 1, -100])  # the third row is confident and ignored
+    xr = x.clone().requires_grad_()
+    (g,) = torch.autograd.grad(C.focal(xr, y, gamma=gamma), xr)
+    assert torch.isfinite(g).all()
+    x64 = x.double()
+    fd = torch.zeros_like(x64)
+    for i in range(3):
+        for j in range(3):
+            e = torch.zeros_like(x64)
+            e[i, j] = 1e-6
+            fd[i, j] = (C.focal(x64 + e, y, gamma=gamma) - C.focal(x64 - e, y, gamma=gamma)) / 2e-6
+    torch.testing.assert_close(g.double(), fd, rtol=1e-5, atol=1e-7)
+    assert torch.equal(g[0], torch.zeros(3, dtype=dtype)) and torch.equal(g[2], torch.zeros(3, dtype=dtype))
+
+
 # ---------------------------------------------------------------------------
 # nll (torch)
 
@@ -771,6 +792,12 @@ def test_kl_div_zero_target() -> None:
     # a zero target with a -inf log-probability contributes 0 (0 log 0 = 0)
     xi = torch.tensor([[-math.inf, 0.0]], dtype=D)
     assert float(C.kl_div(xi, torch.tensor([[0.0, 1.0]], dtype=D), reduction="sum")) == 0.0
+    # ...and gradients 0 there too, not NaN (0 * inf), for the input and the target
+    xg = torch.tensor([[-math.inf, -0.5, -0.9]], dtype=D).requires_grad_()
+    tg = torch.tensor([[0.0, 0.6, 0.4]], dtype=D).requires_grad_()
+    gx, gt = torch.autograd.grad(C.kl_div(xg, tg, reduction="sum"), (xg, tg))
+    assert gx.tolist() == [[0.0, -0.6, -0.4]]
+    assert gt[0, 0] == 0 and torch.allclose(gt[0, 1:], torch.log(tg[0, 1:]) + 1 - xg[0, 1:])
 
 
 def test_kl_div_gradcheck() -> None:

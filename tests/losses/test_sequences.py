@@ -357,6 +357,15 @@ def test_edit_distance_int_tensors_with_lengths(reduction: str) -> None:
     assert half.tolist() == [float(_lev(hyp[n, : hl[n]].tolist(), tru[n].tolist())) for n in range(6)]
 
 
+def test_edit_distance_int_tokens_whose_hashes_collide() -> None:
+    """Distinct tokens are distinct even where Python's hash() says otherwise (-1 and -2; ints mod 2**61-1)."""
+    assert hash(-1) == hash(-2) and hash(0) == hash(2**61 - 1)
+    hyp = torch.tensor([[-1, 5], [0, 7], [-1, -1]])
+    tru = torch.tensor([[-2, 5], [2**61 - 1, 7], [-2, -2]], dtype=torch.int64)
+    got = edit_distance(hyp, tru, normalize=False, reduction="none")  # type: ignore[arg-type]
+    assert got.tolist() == [float(_lev(h, t)) for h, t in zip(hyp.tolist(), tru.tolist())] == [1.0, 1.0, 2.0]
+
+
 def test_edit_distance_default_params() -> None:
     p = EditDistanceParams()
     assert (p.normalize, p.reduction) == (True, "mean")

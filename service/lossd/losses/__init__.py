@@ -39,11 +39,12 @@ class Catalogue:
         return self._specs[canonical] if canonical is not None else None
 
     def closest(self, name: str, n: int = 3) -> list[str]:
-        """Canonical names closest to a misspelt one (for 404 details)."""
-        hits = difflib.get_close_matches(name, list(self._names), n=n * 2, cutoff=0.5)
+        """The ``n`` canonical names closest to a misspelt one, ignoring case (for 404 details)."""
+        lower = {k.lower(): c for k, c in self._names.items()}
+        hits = difflib.get_close_matches(name.lower(), list(lower), n=len(lower), cutoff=0.0)
         out: list[str] = []
         for h in hits:
-            c = self._names[h]
+            c = lower[h]
             if c not in out:
                 out.append(c)
         return out[:n]

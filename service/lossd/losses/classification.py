@@ -144,7 +144,15 @@ def focal(
     else:
         logp_t = logp.gather(1, safe_t.unsqueeze(1)).squeeze(1)
     p_t = logp_t.exp()
-    loss = -((1 - p_t).clamp(min=0) ** gamma) * logp_t
+    base = (1 - p_t).clamp(min=0)
+    if gamma == 0:
+        w = torch.ones_like(base)
+    else:
+        # Where p_t rounds to 1 the term and its true derivative are 0, but for gamma < 1 the
+        # derivative of base**gamma at 0 is infinite and would make the gradient NaN.
+        live = base > 0
+        w = torch.where(live, torch.where(live, base, 1) ** gamma, 0)
+    loss = -w * logp_t
     if isinstance(alpha, list):
         a = torch.tensor(alpha, dtype=loss.dtype, device=loss.device)
         loss = loss * a[safe_t]
@@ -488,7 +496,9 @@ def kl_div(
     else:
         pos = target > 0
         safe = torch.where(pos, target, torch.ones_like(target))
-        loss = torch.where(pos, target * (torch.log(safe) - input), 0.0)
+        # input masked too: where t == 0 a -inf there would make the target gradient 0 * inf = NaN
+        x = torch.where(pos, input, torch.zeros_like(input))
+        loss = torch.where(pos, target * (torch.log(safe) - x), 0.0)
     if reduction == "batchmean":
         total = loss.sum()
         return total / input.shape[0] if input.dim() > 0 else total

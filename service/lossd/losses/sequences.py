@@ -212,6 +212,13 @@ def _sequences(x: TextInput, lengths: torch.Tensor | None) -> list[Any]:
     return list(x)
 
 
+def _dense(h: Sequence[Any], t: Sequence[Any]) -> tuple[list[int], list[int]]:
+    """A pair's tokens renumbered 0, 1, 2... in order of appearance. editdistance compares
+    tokens by hash(), and distinct ints can share one (hash(-1) == hash(-2); ints wrap at 2**61-1)."""
+    ids: dict[Any, int] = {}
+    return [ids.setdefault(x, len(ids)) for x in h], [ids.setdefault(x, len(ids)) for x in t]
+
+
 def edit_distance(
     hypothesis: TextInput,
     truth: TextInput,
@@ -230,7 +237,7 @@ def edit_distance(
     """
     hyps = _sequences(hypothesis, hypothesis_lengths)
     truths = _sequences(truth, truth_lengths)
-    dist = torch.tensor([float(editdistance.eval(h, t)) for h, t in zip(hyps, truths)], dtype=torch.float64)
+    dist = torch.tensor([float(editdistance.eval(*_dense(h, t))) for h, t in zip(hyps, truths)], dtype=torch.float64)
     if normalize:
         tlen = torch.tensor([float(len(t)) for t in truths], dtype=torch.float64)
         dist = torch.where(tlen > 0, dist / tlen.clamp_min(1), torch.where(dist > 0, torch.inf, 0.0))
