@@ -174,6 +174,16 @@ def test_declared_shape_over_limit_is_413_before_data() -> None:
     with pytest.raises(Problem) as e:
         decode_tensor(list(range(1001)), ("x",), LIMITS)
     assert e.value.status == 413
+    # Empty, but with dimensions no kernel should be handed.
+    for form in ({"data": []}, {"b64": ""}):
+        with pytest.raises(Problem) as e:
+            decode_tensor({"dtype": "float32", "shape": [2**40, 2**40, 0], **form}, ("x",), LIMITS)
+        assert e.value.status == 413
+    header = orjson.dumps({"x": {"dtype": "F32", "shape": [2**40, 0], "data_offsets": [0, 0]}})
+    with pytest.raises(Problem) as e:
+        read_safetensors(bytearray(len(header).to_bytes(8, "little") + header), LIMITS)
+    assert e.value.status == 413
+    assert decode_tensor({"dtype": "float32", "shape": [1000, 0], "data": []}, ("x",), LIMITS).shape == (1000, 0)  # type: ignore[union-attr]
 
 
 def test_safetensors_header_limits_and_garbage() -> None:

@@ -212,3 +212,54 @@ def test_worker_calls_of_one_loop_turn_make_one_trip_per_thread() -> None:
         assert e.value.status == 503 and 11 not in threads
 
     asyncio.run(scenario())
+
+
+def test_only_small_linear_work_runs_on_the_event_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A small body is not enough to run on the loop: superlinear losses (ctc, info_nce...) and calls of
+    many elements (a compact b64 body) go to the device worker, where they cannot stall health checks."""
+    import base64
+
+    import orjson
+
+    from lossd.service import INLINE_MAX_ELEMENTS, Service
+
+    svc = Service(Settings(warmup=False, device="cpu"))
+    seen: list[bool] = []
+    submit = svc.dispatcher.submit
+
+    async def recording(fn: object, *args: object, deadline: float, inline: bool = False) -> object:
+        seen.append(inline)
+        return await submit(fn, *args, deadline=deadline, inline=inline)
+
+    monkeypatch.setattr(svc.dispatcher, "submit", recording)
+    n = INLINE_MAX_ELEMENTS + 1
+    many = {"dtype": "uint8", "shape": [n], "b64": base64.b64encode(bytes(n)).decode()}
+    calls = [
+        ("cross_entropy", {"inputs": {"input": [[1.0, 2.0]], "target": [1]}, "grad": True}, True),
+        ("mse", {"inputs": {"input": many, "target": many}}, False),
+        ("info_nce", {"inputs": {"z1": [[1.0, 0.0], [0.0, 1.0]], "z2": [[1.0, 0.1], [0.1, 1.0]]}}, False),
+        (
+            "ctc",
+            {
+                "inputs": {
+                    "input": torch.randn(6, 1, 3).log_softmax(2).tolist(),
+                    "targets": [[1, 2]],
+                    "input_lengths": [6],
+                    "target_lengths": [2],
+                }
+            },
+            False,
+        ),
+    ]
+
+    async def scenario() -> None:
+        for name, body, _ in calls:
+            raw = orjson.dumps(body)
+            assert len(raw) <= svc.settings.inline_max_bytes  # every body is small
+            out = orjson.loads(await svc.compute(svc.spec(name), memoryview(raw), False, False, time.monotonic() + 5))
+            assert out["loss"] == name
+
+    svc.ready = True
+    asyncio.run(scenario())
+    svc.close()
+    assert seen == [inline for *_, inline in calls]

@@ -354,6 +354,13 @@ def test_batch_one_bad_call_fails_alone(server: Server) -> None:
     assert res[2]["error"]["status"] == 422
     assert res[2]["error"]["errors"][0]["loc"] == ["calls", 2, "inputs", "target"]  # located in the batch
     assert res[3]["loss"] == "focal" and res[3]["grads"]["input"]["shape"] == [2, 3]
+    # A call whose tensor is refused by the limits fails alone too.
+    huge = {
+        "loss": "mse",
+        "inputs": {"input": {"dtype": "float32", "shape": [2**40, 2**40, 0], "data": []}, "target": [0.0]},
+    }
+    res = post(server, "/v1/batch", json={"calls": [huge, calls[0]]}).json()["results"]
+    assert res[0]["error"]["status"] == 413 and res[1]["value"] == pytest.approx(2.5)
     # The encoding is the batch's: a call that names one is told so.
     bad = {"loss": "mse", "inputs": {"input": [1.0], "target": [0.0]}, "encoding": "garbage"}
     res = post(server, "/v1/batch", json={"calls": [bad, calls[0]]}).json()["results"]
@@ -507,6 +514,38 @@ def test_client_gone_mid_body_frees_its_slot() -> None:
         assert r.status_code == 200 and r.json()["value"] == 4.0
         metrics = httpx.get(s.url + "/metrics").text
         assert 'status="500"' not in metrics
+
+
+def test_stalled_uploads_time_out_with_408_and_give_their_slots_back() -> None:
+    """Clients that send headers and then stall cannot hold the admission slots: past
+    LOSSD_BODY_TIMEOUT_S they get 408 on a closed connection, and the slots serve others again."""
+    import socket
+
+    env = {"LOSSD_MAX_CONCURRENCY": "2", "LOSSD_WARMUP": "false", "LOSSD_BODY_TIMEOUT_S": "1"}
+    with run_server(env) as s:
+        host, port = s.url.removeprefix("http://").split(":")
+        socks = []
+        for path in ("/v1/losses/mse", "/v1/batch"):
+            sock = socket.create_connection((host, int(port)), timeout=10)
+            sock.sendall(
+                f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n".encode()
+                + b"Content-Length: 1000\r\n\r\n{\"inp"
+            )
+            socks.append(sock)
+        ok = {"inputs": {"input": [2.0], "target": [0.0]}}
+        time.sleep(0.3)
+        assert_problem(post(s, "/v1/losses/mse", json=ok), 503)  # both slots held by the stalled uploads
+        for sock in socks:
+            answer = b""
+            while chunk := sock.recv(65536):  # read until the server closes the connection
+                answer += chunk
+            sock.close()
+            head, _, body = answer.partition(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 408") and b"connection: close" in head.lower()
+            assert json.loads(body)["status"] == 408
+        r = post(s, "/v1/losses/mse", json=ok)
+        assert r.status_code == 200 and r.json()["value"] == 4.0
+        assert 'status="500"' not in httpx.get(s.url + "/metrics").text
 
 
 def test_concurrent_small_calls_each_get_their_own_answer(server: Server) -> None:

@@ -92,11 +92,16 @@ def _too_many_dims(loc: Sequence[str | int], ndim: int) -> Problem:
     return Problem(422, f"{_where(loc)}: {msg}", errors=[{"loc": list(loc), "msg": msg}])
 
 
-def _numel(shape: Any, loc: Sequence[str | int]) -> int:
+def _numel(shape: Any, loc: Sequence[str | int], limits: Limits) -> int:
+    """The element count of a declared shape; 413 when it, or any dimension, is over the limit
+    (a (2**40, 2**40, 0) tensor holds nothing, but no kernel should see such sizes)."""
     if not isinstance(shape, list) or not all(type(s) is int and s >= 0 for s in shape):
         raise _bad(loc, "shape must be a list of non-negative integers")
     if len(shape) > MAX_DIMS:
         raise _too_many_dims(loc, len(shape))
+    extent = math.prod(max(s, 1) for s in shape)
+    if extent > limits.max_elements:
+        raise _too_large(loc, extent, limits)
     return math.prod(shape)
 
 
@@ -241,9 +246,7 @@ def _decode_object(obj: dict[str, Any], loc: Sequence[str | int], limits: Limits
     if "shape" not in obj:
         raise _bad(loc, "a tensor object needs a shape")
     shape = obj["shape"]
-    n = _numel(shape, loc)
-    if n > limits.max_elements:
-        raise _too_large(loc, n, limits)
+    n = _numel(shape, loc, limits)
     has_data, has_b64 = "data" in obj, "b64" in obj
     if has_data == has_b64:
         raise _bad(loc, "a tensor object needs exactly one of data or b64")
@@ -509,9 +512,7 @@ def read_safetensors(body: memoryview | bytearray, limits: Limits) -> tuple[dict
         if not isinstance(code, str) or code not in ST_DTYPES:
             raise _bad(loc, f"unsupported safetensors dtype {info.get('dtype') if isinstance(info, dict) else info!r}")
         shape: list[int] = info["shape"] if "shape" in info else None  # type: ignore[assignment]  # checked by _numel
-        numel = _numel(shape, loc)
-        if numel > limits.max_elements:
-            raise _too_large(loc, numel, limits)
+        numel = _numel(shape, loc, limits)
         offs = info.get("data_offsets")
         if not (isinstance(offs, list) and len(offs) == 2 and all(type(o) is int for o in offs)):
             raise _bad(loc, "data_offsets must be [begin, end]")

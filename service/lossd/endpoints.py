@@ -9,6 +9,7 @@ three come from :mod:`lossd.openapi`.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 
 import numpy as np
@@ -149,11 +150,69 @@ async def read_body(receive: Receive, headers: Headers, limit: int, writable: bo
     return view
 
 
+class BodyTimeouts:
+    """Cancels the requests whose body has not arrived within ``timeout`` seconds of admission.
+
+    An admitted request holds one of the ``max_concurrency`` slots while its body arrives: a few
+    stalled uploads would otherwise lock every tenant out. One timer for all readers, armed only
+    while there are some (a timer per request would cost microseconds on every call).
+    """
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+        self._readers: dict[asyncio.Task[object], float] = {}
+        self._expired: set[asyncio.Task[object]] = set()
+        self._timer: asyncio.TimerHandle | None = None
+
+    def start(self, task: asyncio.Task[object], loop: asyncio.AbstractEventLoop) -> None:
+        self._readers[task] = loop.time()
+        if self._timer is None:
+            self._timer = loop.call_later(self.timeout, self._sweep, loop)
+
+    def done(self, task: asyncio.Task[object]) -> bool:
+        """Stop watching ``task``; True if it was cancelled for taking too long."""
+        self._readers.pop(task, None)
+        if task in self._expired:
+            self._expired.discard(task)
+            return True
+        return False
+
+    def _sweep(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._timer = None
+        now = loop.time()
+        for task, since in list(self._readers.items()):
+            if now - since >= self.timeout:
+                del self._readers[task]
+                self._expired.add(task)
+                task.cancel()
+        if self._readers:
+            due = min(self._readers.values()) + self.timeout
+            self._timer = loop.call_later(max(due - now, 0.05), self._sweep, loop)
+
+
 class ComputeEndpoints:
     """Answers the compute endpoints; :meth:`route` says whether a request is one of them."""
 
     def __init__(self, service: Service) -> None:
         self.svc = service
+        self.timeouts = BodyTimeouts(service.settings.body_timeout_s)
+
+    async def _read(self, receive: Receive, headers: Headers, writable: bool) -> memoryview:
+        """The body (see :func:`read_body`), or 408 if it does not arrive in time."""
+        task: asyncio.Task[object] = asyncio.current_task()  # type: ignore[assignment]
+        self.timeouts.start(task, asyncio.get_running_loop())
+        try:
+            return await read_body(receive, headers, self.svc.settings.max_body_bytes, writable)
+        except asyncio.CancelledError:
+            if not self.timeouts.done(task):
+                raise  # cancelled by someone else (the server shutting down)
+            task.uncancel()
+            timeout = self.timeouts.timeout
+            raise Problem(
+                408, f"the body did not arrive within {timeout:g} s", headers={"Connection": "close"}
+            ) from None
+        finally:
+            self.timeouts.done(task)
 
     @staticmethod
     def route(scope: Scope) -> tuple[str, str] | None:
@@ -221,7 +280,7 @@ class ComputeEndpoints:
         binary_out = binary_in or wants_safetensors(headers.get(b"accept"))
         deadline = svc.deadline(_text(headers, b"x-deadline-ms"))
         with svc.dispatcher.slot():
-            body = await read_body(receive, headers, svc.settings.max_body_bytes, writable=binary_in)
+            body = await self._read(receive, headers, writable=binary_in)
             content = await svc.compute(spec, body, binary_in, binary_out, deadline)
         return content, SAFETENSORS_MEDIA if binary_out else JSON_MEDIA
 
@@ -239,5 +298,5 @@ class ComputeEndpoints:
             raise Problem(415, "batch and composite bodies are JSON")
         deadline = svc.deadline(_text(headers, b"x-deadline-ms"))
         with svc.dispatcher.slot():
-            body = await read_body(receive, headers, svc.settings.max_body_bytes, writable=False)
+            body = await self._read(receive, headers, writable=False)
             return await run(body, key, deadline), JSON_MEDIA

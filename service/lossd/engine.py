@@ -58,6 +58,13 @@ class Call:
     # The params as keyword arguments, read off the pydantic model once.
     param_kwargs: dict[str, Any] = field(default_factory=dict)
 
+    def elements(self) -> int:
+        """How many elements (or strings) its inputs hold."""
+        n = 0
+        for t in self.inputs.values():
+            n += t.numel() if isinstance(t, torch.Tensor) else len(t)
+        return n
+
 
 @dataclass
 class Result:
@@ -224,6 +231,10 @@ class Engine:
                 spec.check(converted, p)
             except InputError as e:
                 raise field_error(e.loc, e.msg, e.status) from None
+            except (RuntimeError, ValueError, IndexError) as e:
+                # A check that trips over inputs it did not foresee: still the client's inputs, not a 500.
+                log.warning("the checks of %s raised: %s", spec.name, e)
+                raise Problem(422, f"{spec.name} cannot take these inputs: {e}") from None
         return Call(spec, p, converted, g, grad_dtypes, dict(p) if kwargs is None else kwargs)
 
     @staticmethod

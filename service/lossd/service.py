@@ -33,6 +33,10 @@ log = logging.getLogger("lossd")
 
 JSON = "application/json"
 SAFETENSORS = "application/x-safetensors"
+# A small body is not always small work: besides fitting LOSSD_INLINE_MAX_BYTES, a call run on
+# the event loop holds at most this many elements, for losses whose work is linear in them
+# (tens to hundreds of microseconds).
+INLINE_MAX_ELEMENTS = 16384
 
 
 def wants_b64(body: Mapping[str, Any]) -> bool:
@@ -168,8 +172,13 @@ class Service:
         return codecs.loads(body)
 
     def _small(self, body: memoryview) -> bool:
-        """Whether a body is small enough to be handled on the event loop (LOSSD_INLINE_MAX_BYTES)."""
+        """Whether a body is small enough to be decoded and encoded on the event loop (LOSSD_INLINE_MAX_BYTES)."""
         return len(body) <= self.settings.inline_max_bytes
+
+    @staticmethod
+    def _light(calls: list[Call]) -> bool:
+        """Whether calls of a small body are also little work, so that they may run on the event loop."""
+        return not any(c.spec.superlinear for c in calls) and sum(c.elements() for c in calls) <= INLINE_MAX_ELEMENTS
 
     async def _host(self, small: bool, fn: Any, *args: Any) -> Any:
         """Host-side work (decoding, encoding): inline for small bodies, else on the host pool."""
@@ -202,7 +211,8 @@ class Service:
         host pool and computed on the device worker."""
         small = self._small(body)
         call, b64 = await self._host(small, self.decode_call, spec, body, binary_in)
-        result = await self.dispatcher.submit(Engine.run, call, deadline=deadline, inline=small)
+        inline = small and self._light([call])
+        result = await self.dispatcher.submit(Engine.run, call, deadline=deadline, inline=inline)
         return await self._host(small, self.encode_result, result, b64, binary_out)
 
     def result_json(self, r: Result, b64: bool) -> dict[str, Any]:
@@ -230,7 +240,8 @@ class Service:
         in one trip to a device worker."""
         small = self._small(body)
         calls, b64 = await self._host(small, self._prepare_batch, body, key)
-        results = await self.dispatcher.submit(Engine.run_many, calls, deadline=deadline, inline=small)
+        inline = small and self._light([c for c in calls if isinstance(c, Call)])
+        results = await self.dispatcher.submit(Engine.run_many, calls, deadline=deadline, inline=inline)
         return await self._host(small, self._encode_batch, results, b64)
 
     def _prepare_batch(self, body: memoryview, key: str | None) -> tuple[list[Call | Problem], bool]:
@@ -269,7 +280,8 @@ class Service:
     async def composite(self, body: memoryview, key: str | None, deadline: float) -> bytes:
         small = self._small(body)
         comp, b64 = await self._host(small, self._prepare_composite, body, key)
-        res = await self.dispatcher.submit(Engine.run_composite, comp, deadline=deadline, inline=small)
+        inline = small and self._light([t.call for t in comp.terms])
+        res = await self.dispatcher.submit(Engine.run_composite, comp, deadline=deadline, inline=inline)
         return await self._host(small, self._encode_composite, res, b64)
 
     def _prepare_composite(self, body: memoryview, key: str | None) -> tuple[Composite, bool]:

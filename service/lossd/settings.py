@@ -27,6 +27,12 @@ class Settings(BaseSettings):
         description="Bodies up to this size are decoded on the event loop and, on the CPU, computed there too "
         "(cheaper than a thread hand-off); larger ones go to worker threads. 0: always hand off.",
     )
+    body_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        description="Time to receive a compute request's body once admitted; 408 (and the connection closed) "
+        "past it, so stalled uploads cannot hold admission slots.",
+    )
     compute_threads: int = Field(1, gt=0, description="Worker threads per device running loss computations.")
     torch_threads: int = Field(0, ge=0, description="torch intra-op threads (0: leave torch's default).")
     deadline_ms: int = Field(

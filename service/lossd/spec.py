@@ -101,6 +101,9 @@ class LossSpec:
     check: CheckFn | None = None
     reference: str = ""
     host_only: bool = False
+    # Work that grows faster than the inputs (pairwise similarities, alignment lattices, a
+    # network): such a loss never runs on the event loop, however small its body.
+    superlinear: bool = False
     # A loss that needs operator configuration (perceptual's weights) names the setting in
     # ``requires`` and gives ``load(setting_value, device)``, called once per device engine at
     # start-up; what it returns is passed to ``fn`` as the keyword ``resource``. Without the
