@@ -303,9 +303,14 @@ def test_ops_endpoints(server: Server) -> None:
     assert info["devices"][0]["device"].startswith(os.environ.get("LOSSD_TEST_DEVICE", "cpu"))
     assert info["limits"]["max_tensor_elements"] > 0
     post(server, "/v1/losses/cross_entropy", json=CE)
+    httpx.get(server.url + "/v1/losses/mse")
     m = httpx.get(server.url + "/metrics")
     assert m.status_code == 200
-    assert 'lossd_requests_total{endpoint="/v1/losses/{name}",loss="cross_entropy",status="200"}' in m.text
+    assert (
+        'lossd_requests_total{endpoint="/v1/losses/{name}",loss="cross_entropy",method="POST",status="200"}' in m.text
+    )
+    # Reading a catalogue entry is told apart from calling the loss.
+    assert 'lossd_requests_total{endpoint="/v1/losses/{name}",loss="",method="GET",status="200"}' in m.text
     assert "lossd_request_duration_seconds_bucket" in m.text
 
 
@@ -529,7 +534,7 @@ def test_stalled_uploads_time_out_with_408_and_give_their_slots_back() -> None:
             sock = socket.create_connection((host, int(port)), timeout=10)
             sock.sendall(
                 f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n".encode()
-                + b"Content-Length: 1000\r\n\r\n{\"inp"
+                + b'Content-Length: 1000\r\n\r\n{"inp'
             )
             socks.append(sock)
         ok = {"inputs": {"input": [2.0], "target": [0.0]}}

@@ -71,7 +71,9 @@ class RequestContext:
                 status = 500  # the compute endpoints send nothing before their answer is complete
                 await send_problem(send, internal_error(), rid)
             if status:
-                self.service.metrics.observe(route[0], state.get("loss", ""), status, time.perf_counter() - t0)
+                self.service.metrics.observe(
+                    scope["method"], route[0], state.get("loss", ""), status, time.perf_counter() - t0
+                )
             return
 
         rid = state["request_id"] = self._request_id(
@@ -96,7 +98,9 @@ class RequestContext:
                 await send_problem(send, internal_error(), rid)
         finally:
             endpoint = getattr(scope.get("route"), "path", "other")
-            self.service.metrics.observe(endpoint, state.get("loss", ""), status, time.perf_counter() - t0)
+            self.service.metrics.observe(
+                scope["method"], endpoint, state.get("loss", ""), status, time.perf_counter() - t0
+            )
 
 
 def create_app(settings: Settings | None = None, service: Service | None = None) -> FastAPI:

@@ -14,14 +14,14 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=True)
         self.requests = Counter(
             "lossd_requests",
-            "HTTP requests by endpoint, loss and status",
-            ["endpoint", "loss", "status"],
+            "HTTP requests by method, endpoint, loss and status",
+            ["method", "endpoint", "loss", "status"],
             registry=self.registry,
         )
         self.latency = Histogram(
             "lossd_request_duration_seconds",
             "End-to-end request latency",
-            ["endpoint", "loss"],
+            ["method", "endpoint", "loss"],
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
@@ -39,15 +39,18 @@ class Metrics:
             "lossd_rejected", "Calls refused before running, by reason", ["reason"], registry=self.registry
         )
         self.ready = Gauge("lossd_ready", "1 when the server takes work", registry=self.registry)
-        self._request_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+        self._request_children: dict[tuple[str, str, str, int], tuple[Any, Any]] = {}
         self._device_children: dict[str, tuple[Any, Any]] = {}
 
-    def observe(self, endpoint: str, loss: str, status: int, seconds: float) -> None:
+    def observe(self, method: str, endpoint: str, loss: str, status: int, seconds: float) -> None:
         # labels() costs a lock and a dict build per call: keep the children of each label set.
-        key = (endpoint, loss, status)
+        key = (method, endpoint, loss, status)
         children = self._request_children.get(key)
         if children is None:
-            children = (self.requests.labels(endpoint, loss, str(status)), self.latency.labels(endpoint, loss))
+            children = (
+                self.requests.labels(method, endpoint, loss, str(status)),
+                self.latency.labels(method, endpoint, loss),
+            )
             self._request_children[key] = children
         children[0].inc()
         children[1].observe(seconds)
