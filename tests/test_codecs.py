@@ -140,6 +140,22 @@ def test_malformed_tensors_are_400(obj: object) -> None:
     assert e.value.status == 400
 
 
+def test_big_arrays_with_nonfinite_strings() -> None:
+    """Big arrays holding "NaN"/"Infinity" take their own path (numpy would first build an array of
+    strings); the answers and the errors are those of small arrays."""
+    rows = [[1.5] * 100 for _ in range(60)]
+    rows[59][99] = "NaN"
+    rows[0][0] = "-Infinity"
+    t = decode_tensor(rows, ("x",), LIMITS_BIG)
+    assert isinstance(t, torch.Tensor) and t.dtype == torch.float32 and t.shape == (60, 100)
+    assert math.isnan(t[59, 99]) and t[0, 0] == -math.inf and float(t[1:59].sum()) == 1.5 * 5800
+    for bad in ("1.5", None):
+        rows[30][30] = bad
+        with pytest.raises(Problem) as e:
+            decode_tensor(rows, ("x",), LIMITS_BIG)
+        assert e.value.status == 400
+
+
 def test_declared_nonfinite_and_extreme_values_are_kept() -> None:
     """What the overflow checks must not refuse: non-finite floats sent as such, and the largest finite values."""
     t = decode_tensor({"dtype": "float16", "shape": [3], "data": ["NaN", "-Infinity", 65504.0]}, ("x",), LIMITS)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import itertools
 import math
 import threading
 from collections.abc import Mapping, Sequence
@@ -120,13 +121,20 @@ def _narrow(arr: np.ndarray, target: Any, loc: Sequence[str | int]) -> np.ndarra
 def _replace_nonfinite(obj: Any, loc: Sequence[str | int]) -> Any:
     """Nested lists with "NaN"/"Infinity"/"-Infinity" strings -> floats (slow path, rare)."""
     if isinstance(obj, list):
-        return [_replace_nonfinite(x, loc) for x in obj]
+        # One comprehension per innermost list, not a call per number.
+        return [
+            _nonfinite(x, loc) if type(x) is str else _replace_nonfinite(x, loc) if type(x) is list else x for x in obj
+        ]
     if isinstance(obj, str):
-        try:
-            return NONFINITE_IN[obj]
-        except KeyError:
-            raise _bad(loc, f"unexpected string {obj[:20]!r} in numeric data") from None
+        return _nonfinite(obj, loc)
     return obj
+
+
+def _nonfinite(s: str, loc: Sequence[str | int]) -> float:
+    try:
+        return NONFINITE_IN[s]
+    except KeyError:
+        raise _bad(loc, f"unexpected string {s[:20]!r} in numeric data") from None
 
 
 def _to_numpy(data: Any, loc: Sequence[str | int]) -> np.ndarray:
@@ -155,6 +163,26 @@ def _all_ints_over_int64(data: Any, arr: np.ndarray) -> bool:
     while leaves and isinstance(leaves[0], list):
         leaves = [x for sub in leaves for x in sub]
     return all(type(x) is int for x in leaves)
+
+
+def _size_hint(obj: list[Any]) -> int:
+    """The element count of a nested list if it is rectangular (its first elements' lengths)."""
+    n = 1
+    while isinstance(obj, list):
+        n *= len(obj)
+        if not obj:
+            break
+        obj = obj[0]
+    return n
+
+
+def _has_strings(obj: list[Any]) -> bool:
+    """Whether a nested list holds strings anywhere, without building anything per number."""
+    level: list[Any] = obj
+    while level and isinstance(level[0], list) and level[0] and isinstance(level[0][0], list):
+        level = list(itertools.chain.from_iterable(level))
+    leaves = itertools.chain.from_iterable(level) if level and isinstance(level[0], list) else level
+    return str in set(map(type, leaves))
 
 
 def _first_leaf_is_float(obj: list[Any]) -> bool:
@@ -203,6 +231,10 @@ def decode_tensor(obj: Any, loc: Sequence[str | int], limits: Limits, text_ok: b
         return list(obj)
     if text_ok and isinstance(obj, list) and not obj:
         return []
+    if isinstance(obj, list) and _size_hint(obj) >= LARGE_ARRAY and _has_strings(obj):
+        # "NaN" and "Infinity" in a big array: replaced first, because numpy's inference would
+        # otherwise build an array of strings (128 bytes per number) before giving up on it.
+        obj = _replace_nonfinite(obj, loc)
     if isinstance(obj, list) and _first_leaf_is_float(obj):
         # The common case, numbers only. numpy's own inference decides (asking it for float32
         # directly would also read None as NaN and "1.5" as a number); anything but floats
