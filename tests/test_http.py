@@ -436,6 +436,29 @@ def test_composite_sums_weighted_terms(server: Server) -> None:
     bad = dict(body, terms=[*body["terms"], {"loss": "mse", "inputs": {"input": "logits", "target": "nothere"}}])
     problem = assert_problem(post(server, "/v1/composite", json=bad), 422)
     assert problem["errors"][0]["loc"][:2] == ["terms", 2]
+    # A tensor that is one term's differentiable input and another's target: only the first use carries the gradient.
+    p = torch.softmax(torch.randn(4, 3, dtype=torch.float64), 1)
+    mixed = {
+        "inputs": {
+            "logits": body["inputs"]["logits"],
+            "p": {"dtype": "float64", "shape": [4, 3], "data": p.flatten().tolist()},
+            "zeros": {"dtype": "float64", "shape": [4, 3], "data": [0.0] * 12},
+        },
+        "terms": [
+            {"loss": "cross_entropy", "inputs": {"input": "logits", "target": "p"}},
+            {"loss": "mse", "weight": 3.0, "inputs": {"input": "p", "target": "zeros"}},
+        ],
+        "grad": ["logits", "p"],
+    }
+    r = post(server, "/v1/composite", json=mixed)
+    assert r.status_code == 200, r.text
+    x, pr = logits.clone().requires_grad_(True), p.clone().requires_grad_(True)
+    ref = torch.nn.functional.cross_entropy(x, pr.detach()) + 3.0 * torch.nn.functional.mse_loss(pr, torch.zeros(4, 3))
+    ref.backward()
+    got = r.json()["grads"]
+    assert r.json()["value"] == pytest.approx(ref.item(), rel=1e-12)
+    torch.testing.assert_close(torch.tensor(got["p"]["data"], dtype=torch.float64).reshape(4, 3), pr.grad)
+    torch.testing.assert_close(torch.tensor(got["logits"]["data"], dtype=torch.float64).reshape(4, 3), x.grad)
     # A shared tensor that no term uses is a mistake, not something to ignore.
     unused = dict(body, inputs={**body["inputs"], "spare": [1.0]})
     problem = assert_problem(post(server, "/v1/composite", json=unused), 422)

@@ -324,7 +324,8 @@ class Engine:
         for name in comp.grad:
             src = comp.shared[name]
             dtype = torch.float64 if src.dtype == torch.float64 else torch.float32
-            leaves[name] = src.to(self.device, dtype).requires_grad_(True)
+            # detach(): .to() may return ``src`` itself, which the terms' other uses also hold.
+            leaves[name] = src.to(self.device, dtype).detach().requires_grad_(True)
         ctx = torch.inference_mode() if not leaves else contextlib.nullcontext()
         with ctx:
             total: torch.Tensor | None = None
@@ -334,12 +335,9 @@ class Engine:
                 for name, t in term.call.inputs.items():
                     ref = term.refs[name]
                     inp = term.call.spec.input(name)
-                    if (
-                        ref in leaves
-                        and inp is not None
-                        and inp.kind in ("float", "mask")
-                        and isinstance(t, torch.Tensor)
-                    ):
+                    # Only differentiable uses carry the gradient: where the same tensor is also a
+                    # label or a target, that use is a constant, as it is in a single call.
+                    if ref in leaves and inp is not None and inp.differentiable and isinstance(t, torch.Tensor):
                         tensors[name] = leaves[ref].to(t.dtype)
                     else:
                         tensors[name] = self._to_device(t)
