@@ -166,12 +166,20 @@ def test_declared_nonfinite_and_extreme_values_are_kept() -> None:
     assert decode_tensor([2**63 - 1], ("x",), LIMITS).tolist() == [2**63 - 1]  # type: ignore[union-attr]
 
 
+def _nested(depth: int) -> list:
+    out: list = [1.0]
+    for _ in range(depth - 1):
+        out = [out]
+    return out
+
+
 @pytest.mark.parametrize(
     "obj",
     [
         {"dtype": "float32", "shape": [1] * 17, "data": [1.0]},
         {"dtype": "float32", "shape": [1] * 70, "b64": base64.b64encode(b"\x00" * 4).decode()},
         [[[[[[[[[[[[[[[[[1.0]]]]]]]]]]]]]]]]],  # 17 levels
+        _nested(100),  # deeper than numpy goes
     ],
 )
 def test_more_than_max_dims_is_422(obj: object) -> None:

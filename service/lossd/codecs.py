@@ -145,6 +145,11 @@ def _to_numpy(data: Any, loc: Sequence[str | int]) -> np.ndarray:
     try:
         arr = np.asarray(data)
     except (ValueError, OverflowError):
+        depth = 0
+        while isinstance(data, list) and data:
+            data, depth = data[0], depth + 1
+        if depth > MAX_DIMS:
+            raise _too_many_dims(loc, depth) from None
         raise _bad(loc, "data is not a rectangular array of numbers") from None
     if arr.dtype.kind in "US":
         arr = _to_numpy(_replace_nonfinite(data, loc), loc)
