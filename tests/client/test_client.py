@@ -116,6 +116,31 @@ def test_nonfinite_round_trip(url: str, binary: bool) -> None:
     assert isinstance(m.value, float) and np.isnan(m.value)
 
 
+@pytest.mark.parametrize("binary", [False, True])
+def test_nonfinite_terms_round_trip(url: str, binary: bool) -> None:
+    """centernet's terms: NaN and infinity come back as floats over JSON and over safetensors alike."""
+    hm = np.full((1, 1, 4, 4), -3.0, dtype=np.float32)
+    hm[0, 0, 0, 0] = np.nan
+    hm_target = np.zeros((1, 1, 4, 4), dtype=np.float32)
+    hm_target[0, 0, 1, 1] = 1.0
+    wh = np.zeros((1, 2, 4, 4), dtype=np.float32)
+    wh[0, 0, 1, 1] = np.inf
+    with LossClient(url, binary=binary) as c:
+        r = c.compute(
+            "centernet",
+            hm=hm,
+            hm_target=hm_target,
+            wh=wh,
+            wh_target=np.zeros((1, 1, 2), dtype=np.float32),
+            offset=np.zeros((1, 2, 4, 4), dtype=np.float32),
+            offset_target=np.zeros((1, 1, 2), dtype=np.float32),
+            ind=np.array([[5]]),
+            mask=np.array([[1.0]], dtype=np.float32),
+        )
+    assert r.terms is not None
+    assert np.isnan(r.terms["hm"]) and r.terms["wh"] == np.inf and r.terms["offset"] == 0.0
+
+
 def test_64mb_tensor_goes_binary(url: str) -> None:
     n = 16 * 1024 * 1024  # 64 MB of float32
     x = RNG.standard_normal(n, dtype=np.float32)
