@@ -263,3 +263,35 @@ def test_only_small_linear_work_runs_on_the_event_loop(monkeypatch: pytest.Monke
     asyncio.run(scenario())
     svc.close()
     assert seen == [inline for *_, inline in calls]
+
+
+def test_body_bytes_in_flight_are_bounded() -> None:
+    """Request bodies are counted together: past the budget a new body is refused (503, reason "memory"),
+    a chunked body as it grows; one body alone is never refused for its size; exits give the bytes back."""
+    refused: list[str] = []
+    d = Dispatcher(
+        [Engine(CAT, torch.device("cpu"), Settings(warmup=False))],
+        8,
+        2,
+        on_refused=refused.append,
+        max_inflight_bytes=100,
+    )
+    with d.slot(500):  # alone, larger than the budget: admitted
+        assert d.body_bytes == 500
+        with pytest.raises(Problem) as e, d.slot(1):
+            pass
+        assert e.value.status == 503 and e.value.headers["Retry-After"] == "2" and "bytes" in e.value.detail
+    assert d.body_bytes == 0 and d.admitted == 0
+    with d.slot(60):
+        with d.slot(40):
+            assert d.body_bytes == 100
+        with d.slot(0) as chunked:  # no Content-Length: counted as it arrives
+            chunked.grow(30)
+            with pytest.raises(Problem) as e:
+                chunked.grow(20)
+            assert e.value.status == 503
+            assert d.body_bytes == 90
+    assert d.body_bytes == 0 and d.admitted == 0
+    with d.slot(0) as lone:
+        lone.grow(1000)  # alone: grows past the budget
+    assert refused == ["memory", "memory"]

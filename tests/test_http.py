@@ -576,6 +576,31 @@ def test_stalled_uploads_time_out_with_408_and_give_their_slots_back() -> None:
         assert 'status="500"' not in httpx.get(s.url + "/metrics").text
 
 
+def test_body_bytes_in_flight_are_bounded() -> None:
+    """LOSSD_MAX_INFLIGHT_BODY_BYTES counts the bodies of admitted requests together: a body that would
+    pass it while another is in flight gets 503 with Retry-After; a small one still fits."""
+    import socket
+
+    env = {"LOSSD_WARMUP": "false", "LOSSD_MAX_INFLIGHT_BODY_BYTES": "5000", "LOSSD_BODY_TIMEOUT_S": "30"}
+    with run_server(env) as s:
+        host, port = s.url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=10) as sock:
+            sock.sendall(
+                b"POST /v1/losses/mse HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                b"Content-Length: 4000\r\n\r\n{"
+            )
+            time.sleep(0.3)
+            big = {"inputs": {"input": [1.0] * 300, "target": [0.0] * 300}}
+            problem = assert_problem(post(s, "/v1/losses/mse", json=big), 503)
+            assert "bytes" in problem["detail"] and "retry-after" in post(s, "/v1/losses/mse", json=big).headers
+            r = post(s, "/v1/losses/mse", json={"inputs": {"input": [2.0], "target": [0.0]}})
+            assert r.status_code == 200 and r.json()["value"] == 4.0
+        time.sleep(0.3)  # the stalled upload is gone: the big body fits again
+        r = post(s, "/v1/losses/mse", json=big)
+        assert r.status_code == 200 and r.json()["value"] == 1.0
+        assert 'lossd_rejected_total{reason="memory"} 2.0' in httpx.get(s.url + "/metrics").text
+
+
 def test_concurrent_small_calls_each_get_their_own_answer(server: Server) -> None:
     """Small calls that arrive together are computed together on the loop: answers must not mix."""
     gen = torch.Generator().manual_seed(3)

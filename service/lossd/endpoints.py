@@ -16,6 +16,7 @@ import numpy as np
 import orjson
 from starlette.types import Receive, Scope, Send
 
+from lossd.engine import Slot
 from lossd.errors import Problem
 from lossd.service import JSON, SAFETENSORS, Service
 
@@ -96,12 +97,24 @@ def _text(headers: Headers, name: bytes) -> str | None:
     return None if v is None else v.decode("latin-1")
 
 
-async def read_body(receive: Receive, headers: Headers, limit: int, writable: bool) -> memoryview:
+def declared_length(headers: Headers, limit: int) -> int:
+    """The Content-Length, where there is a valid one within ``limit`` (else 0: read_body says why)."""
+    cl = headers.get(b"content-length")
+    if cl is None or not cl.isdigit():
+        return 0
+    n = int(cl)
+    return n if n <= limit else 0
+
+
+async def read_body(
+    receive: Receive, headers: Headers, limit: int, writable: bool, grow: Callable[[int], None] | None = None
+) -> memoryview:
     """The request body, refused with 413 as soon as it is known to be over the limit.
 
     A body that arrives in one message is used as it is (no copy) unless ``writable`` is asked
     for (safetensors tensors are views over the body, and torch wants writable memory). With a
     Content-Length, larger bodies are gathered into one uninitialised buffer allocated up front.
+    A body without one (chunked) is counted through ``grow`` as it arrives.
     """
     cl = headers.get(b"content-length")
     if cl is None:
@@ -110,9 +123,12 @@ async def read_body(receive: Receive, headers: Headers, limit: int, writable: bo
             message = await receive()
             if message["type"] == "http.disconnect":
                 raise Disconnected
-            chunked += message.get("body", b"")
+            piece = message.get("body", b"")
+            chunked += piece
             if len(chunked) > limit:
                 raise Problem(413, f"body is over the limit of {limit} bytes")
+            if grow is not None and piece:
+                grow(len(piece))
             if not message.get("more_body", False):
                 return memoryview(chunked)
     try:
@@ -197,12 +213,12 @@ class ComputeEndpoints:
         self.svc = service
         self.timeouts = BodyTimeouts(service.settings.body_timeout_s)
 
-    async def _read(self, receive: Receive, headers: Headers, writable: bool) -> memoryview:
+    async def _read(self, receive: Receive, headers: Headers, writable: bool, slot: Slot) -> memoryview:
         """The body (see :func:`read_body`), or 408 if it does not arrive in time."""
         task: asyncio.Task[object] = asyncio.current_task()  # type: ignore[assignment]
         self.timeouts.start(task, asyncio.get_running_loop())
         try:
-            return await read_body(receive, headers, self.svc.settings.max_body_bytes, writable)
+            return await read_body(receive, headers, self.svc.settings.max_body_bytes, writable, slot.grow)
         except asyncio.CancelledError:
             if not self.timeouts.done(task):
                 raise  # cancelled by someone else (the server shutting down)
@@ -279,8 +295,8 @@ class ComputeEndpoints:
         binary_in = content_kind(headers)
         binary_out = binary_in or wants_safetensors(headers.get(b"accept"))
         deadline = svc.deadline(_text(headers, b"x-deadline-ms"))
-        with svc.dispatcher.slot():
-            body = await self._read(receive, headers, writable=binary_in)
+        with svc.dispatcher.slot(declared_length(headers, svc.settings.max_body_bytes)) as slot:
+            body = await self._read(receive, headers, binary_in, slot)
             content = await svc.compute(spec, body, binary_in, binary_out, deadline)
         return content, SAFETENSORS_MEDIA if binary_out else JSON_MEDIA
 
@@ -297,6 +313,6 @@ class ComputeEndpoints:
         if content_kind(headers):
             raise Problem(415, "batch and composite bodies are JSON")
         deadline = svc.deadline(_text(headers, b"x-deadline-ms"))
-        with svc.dispatcher.slot():
-            body = await self._read(receive, headers, writable=False)
+        with svc.dispatcher.slot(declared_length(headers, svc.settings.max_body_bytes)) as slot:
+            body = await self._read(receive, headers, False, slot)
             return await run(body, key, deadline), JSON_MEDIA

@@ -388,8 +388,10 @@ class Dispatcher:
 
     A request takes a slot before its body is read and gives it back when its answer is
     ready, so ``max_concurrency`` bounds both the work queued for the devices and the request
-    bodies held in memory. Past it the server answers 503 with Retry-After instead of
-    queueing without limit. Each call goes to the engine with the fewest calls in flight.
+    bodies held in memory; ``max_inflight_bytes`` bounds those bodies' bytes together (a body
+    alone may exceed it: one request is never refused for its size here). Past either the
+    server answers 503 with Retry-After instead of queueing without limit. Each call goes to
+    the engine with the fewest calls in flight.
     """
 
     def __init__(
@@ -399,10 +401,13 @@ class Dispatcher:
         retry_after_s: int,
         on_refused: Callable[[str], None] | None = None,
         on_ran: Callable[[Engine, float], None] | None = None,
+        max_inflight_bytes: int | None = None,
     ) -> None:
         self.engines = list(engines)
         self.max_concurrency = max_concurrency
         self.retry_after_s = retry_after_s
+        self.max_inflight_bytes = max_inflight_bytes
+        self.body_bytes = 0
         # Accounting hooks: a request refused ("busy": no slot; "deadline": 504) and a call run (its device seconds).
         self.on_refused = on_refused
         self.on_ran = on_ran
@@ -417,9 +422,30 @@ class Dispatcher:
             headers={"Retry-After": str(self.retry_after_s)},
         )
 
-    def slot(self) -> _Slot:
-        """One of the ``max_concurrency`` slots, held (``with``) for the duration of a request; 503 if none is free."""
-        return _Slot(self)
+    def slot(self, nbytes: int = 0) -> Slot:
+        """One of the ``max_concurrency`` slots, held (``with``) for the duration of a request, with
+        ``nbytes`` of body (more with :meth:`Slot.grow`); 503 if no slot or byte budget is free."""
+        return Slot(self, nbytes)
+
+    def _refuse(self, reason: str, problem: Problem) -> Problem:
+        if self.on_refused is not None:
+            self.on_refused(reason)
+        return problem
+
+    def _over_budget(self, nbytes: int, own: int = 0) -> Problem | None:
+        """503 if ``nbytes`` more (for a request already holding ``own``) would pass the byte budget
+        while other requests' bodies are in flight."""
+        limit = self.max_inflight_bytes
+        if limit is None or self.body_bytes == own or self.body_bytes + nbytes <= limit:
+            return None
+        return self._refuse(
+            "memory",
+            Problem(
+                503,
+                f"server busy: {self.body_bytes} bytes of request bodies in flight (limit {limit}); retry later",
+                headers={"Retry-After": str(self.retry_after_s)},
+            ),
+        )
 
     async def submit(self, fn: Any, *args: Any, deadline: float, inline: bool = False) -> Any:
         """Run ``fn(engine, *args)`` on the least-loaded engine, on its worker thread.
@@ -494,23 +520,36 @@ class Dispatcher:
                 self.on_ran(engine, time.perf_counter() - t0)
 
 
-class _Slot:
+class Slot:
     # A plain class rather than @contextmanager: this is on every request's path.
-    __slots__ = ("dispatcher",)
+    __slots__ = ("dispatcher", "nbytes")
 
-    def __init__(self, dispatcher: Dispatcher) -> None:
+    def __init__(self, dispatcher: Dispatcher, nbytes: int) -> None:
         self.dispatcher = dispatcher
+        self.nbytes = nbytes
 
-    def __enter__(self) -> None:
+    def __enter__(self) -> Slot:
         d = self.dispatcher
         if d.admitted >= d.max_concurrency:
-            if d.on_refused is not None:
-                d.on_refused("busy")
-            raise d.busy()
+            raise d._refuse("busy", d.busy())
+        if self.nbytes and (p := d._over_budget(self.nbytes)) is not None:
+            raise p
         d.admitted += 1
+        d.body_bytes += self.nbytes
+        return self
+
+    def grow(self, nbytes: int) -> None:
+        """Count ``nbytes`` more of body (a chunked body, as it arrives); 503 past the byte budget."""
+        d = self.dispatcher
+        p = d._over_budget(nbytes, self.nbytes)
+        if p is not None:
+            raise p
+        d.body_bytes += nbytes
+        self.nbytes += nbytes
 
     def __exit__(self, *exc: object) -> None:
         self.dispatcher.admitted -= 1
+        self.dispatcher.body_bytes -= self.nbytes
 
 
 def _settle(done: asyncio.Future[Any], outcome: tuple[bool, Any]) -> None:

@@ -66,6 +66,7 @@ class Service:
             settings.retry_after_s,
             on_refused=lambda reason: self.metrics.rejected.labels(reason).inc(),
             on_ran=lambda engine, seconds: self.metrics.observe_compute(str(engine.device), seconds),
+            max_inflight_bytes=settings.max_inflight_body_bytes,
         )
         # Decoding and encoding large bodies (a 45 MB JSON body takes 250 ms to parse) happens
         # here, off the event loop and off the device workers.
@@ -427,6 +428,7 @@ class Service:
                 "max_tensors": s.max_tensors,
                 "max_batch_calls": s.max_batch_calls,
                 "max_concurrency": s.max_concurrency,
+                "max_inflight_body_bytes": s.max_inflight_body_bytes,
                 "deadline_ms": s.deadline_ms,
                 "rate_limit_per_s": s.rate_limit_per_s,
                 "auth": self.keys.enabled,

@@ -21,6 +21,12 @@ class Settings(BaseSettings):
     max_tensors: int = Field(64, gt=0, description="Most tensors in one call (and calls in one batch).")
     max_batch_calls: int = Field(256, gt=0, description="Most calls in one /v1/batch request.")
     max_concurrency: int = Field(64, gt=0, description="Calls admitted at once (running or queued); 503 beyond.")
+    max_inflight_body_bytes: int = Field(
+        1024 * 1024 * 1024,
+        gt=0,
+        description="Request body bytes of all admitted calls together; 503 beyond (a body alone may be larger). "
+        "Decoding JSON takes several times a body's size: size it to the host's memory.",
+    )
     inline_max_bytes: int = Field(
         65536,
         ge=0,
