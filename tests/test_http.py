@@ -262,6 +262,25 @@ def safe_open_bytes(content: bytes):  # type: ignore[no-untyped-def]
             yield st
 
 
+def test_reduction_none_value_is_always_a_tensor(server: Server) -> None:
+    """api.md: the value is a tensor when reduction is "none", also where it has no dimensions (dice over "all")."""
+    x = torch.rand(2, 3, 4, dtype=torch.float64)
+    t = (torch.rand(2, 3, 4, dtype=torch.float64) > 0.5).double()
+    body = {
+        "inputs": {
+            "input": {"dtype": "float64", "shape": [2, 3, 4], "data": x.flatten().tolist()},
+            "target": {"dtype": "float64", "shape": [2, 3, 4], "data": t.flatten().tolist()},
+        },
+        "params": {"over": "all", "reduction": "none"},
+    }
+    out = post(server, "/v1/losses/dice", json=body).json()
+    want = 1 - (2 * (x * t).sum()) / (x.sum() + t.sum() + 1e-5)
+    assert out["value"]["shape"] == [] and out["value"]["dtype"] == "float64"
+    assert out["value"]["data"] == [pytest.approx(want.item(), rel=1e-12)]
+    out = post(server, "/v1/losses/dice", json={**body, "params": {"over": "all"}}).json()
+    assert out["value"] == pytest.approx(want.item(), rel=1e-12)  # reduced: a number
+
+
 def test_nan_travels_as_string(server: Server) -> None:
     r = post(
         server,

@@ -72,6 +72,8 @@ class Result:
     value: torch.Tensor
     grads: dict[str, torch.Tensor] = field(default_factory=dict)
     terms: dict[str, float] | None = None
+    # reduction "none": the value goes out as a tensor even when it has no dimensions (dice over "all")
+    unreduced: bool = False
 
 
 @dataclass
@@ -283,7 +285,7 @@ class Engine:
         if not call.grad:
             with torch.inference_mode():
                 value, terms = _value_and_terms(spec.fn(**self._kwargs(call, tensors)))
-            return Result(spec.name, value.cpu(), {}, _terms(terms))
+            return Result(spec.name, value.cpu(), {}, _terms(terms), _unreduced(call))
         leaves = []
         for name in call.grad:
             t = tensors[name]
@@ -298,7 +300,7 @@ class Engine:
         for name, leaf, g in zip(call.grad, leaves, gs):
             g = torch.zeros_like(leaf) if g is None else g
             grads[name] = _as(g.detach(), call.grad_dtypes[name]).cpu()
-        return Result(spec.name, value.detach().cpu(), grads, _terms(terms))
+        return Result(spec.name, value.detach().cpu(), grads, _terms(terms), _unreduced(call))
 
     def run_many(self, calls: Sequence[Call | Problem]) -> list[Result | Problem]:
         """Run a batch in one trip to the worker; a failing call fails alone."""
@@ -550,6 +552,10 @@ class Slot:
     def __exit__(self, *exc: object) -> None:
         self.dispatcher.admitted -= 1
         self.dispatcher.body_bytes -= self.nbytes
+
+
+def _unreduced(call: Call) -> bool:
+    return call.param_kwargs.get("reduction") == "none"
 
 
 def _settle(done: asyncio.Future[Any], outcome: tuple[bool, Any]) -> None:

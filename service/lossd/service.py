@@ -219,7 +219,7 @@ class Service:
     def result_json(self, r: Result, b64: bool) -> dict[str, Any]:
         out: dict[str, Any] = {
             "loss": r.loss,
-            "value": codecs.encode_value(r.value, b64),
+            "value": codecs.encode_tensor(r.value, b64) if r.unreduced else codecs.encode_value(r.value, b64),
             "grads": {k: codecs.encode_tensor(v, b64) for k, v in r.grads.items()},
         }
         if r.terms is not None:
