@@ -132,6 +132,10 @@ def test_nonfinite_both_ways() -> None:
         {"dtype": [], "shape": [1], "data": [1]},  # unhashable dtype
         {"dtype": {"a": 1}, "shape": [1], "b64": ""},
         {"dtype": "float32", "shape": [1, True], "data": [1.0]},
+        {"dtype": "float16", "shape": [1], "data": [70000]},  # integer data overflows a float dtype too
+        {"dtype": "float16", "shape": [2], "data": [[1], [1000000]]},
+        [[1.0, 2.0]] * 2048 + [5.0],  # big and ragged, a number where a row belongs
+        [[1.0, 2.0]] * 2048 + [None],
     ],
 )
 def test_malformed_tensors_are_400(obj: object) -> None:
@@ -173,12 +177,20 @@ def _nested(depth: int) -> list:
     return out
 
 
+def _nested_strings(depth: int) -> list:
+    out: list = ["NaN"] * 4096
+    for _ in range(depth - 1):
+        out = [out]
+    return out
+
+
 @pytest.mark.parametrize(
     "obj",
     [
         {"dtype": "float32", "shape": [1] * 17, "data": [1.0]},
         {"dtype": "float32", "shape": [1] * 70, "b64": base64.b64encode(b"\x00" * 4).decode()},
         [[[[[[[[[[[[[[[[[1.0]]]]]]]]]]]]]]]]],  # 17 levels
+        _nested_strings(600),  # deep around many strings: no recursion error
         _nested(100),  # deeper than numpy goes
     ],
 )
@@ -312,6 +324,20 @@ def test_loads_large_sees_arrays_hidden_by_escaped_brackets() -> None:
     xs[1] = 2.0  # and an escaped bracket alone does not stop the fast path
     fast = codecs.loads_large(memoryview(b'{"loss":"\\u005B[","inputs":{"x":' + codecs.dumps(xs) + b"}}"))
     assert isinstance(fast, dict) and fast["loss"] == "[[" and isinstance(fast["inputs"]["x"], np.ndarray)
+
+
+def test_loads_large_keeps_the_dtype_checks() -> None:
+    """The fast path's arrays meet the same checks: float32 overflow, integers past int64."""
+    floats = [1.5] * 5000
+    floats[7] = 1e39
+    ints = [3] * 5000
+    ints[9] = 2**63 + 5
+    for data in (floats, ints):
+        doc = codecs.loads_large(memoryview(codecs.dumps({"inputs": {"x": data}})))
+        assert isinstance(doc, dict)
+        with pytest.raises(Problem) as e:
+            decode_tensor(doc["inputs"]["x"], ("x",), LIMITS_BIG)
+        assert e.value.status == 400
 
 
 def test_loads_large_invalid_json_is_400() -> None:

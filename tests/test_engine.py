@@ -295,3 +295,57 @@ def test_body_bytes_in_flight_are_bounded() -> None:
     with d.slot(0) as lone:
         lone.grow(1000)  # alone: grows past the budget
     assert refused == ["memory", "memory"]
+
+
+def test_work_bounds_hold_per_request_not_only_per_call() -> None:
+    """Superlinear losses are bounded per call; a batch or composite takes at most one call's bound in all."""
+    import base64
+
+    import orjson
+
+    from lossd.losses.metric import MAX_SIMILARITIES, MAX_SIMILARITY_WORK
+    from lossd.losses.sequences import MAX_CTC_CELLS
+    from lossd.service import Service
+
+    svc = Service(Settings(warmup=False, device="cpu"))
+
+    def b64(t: torch.Tensor) -> dict:
+        return {"dtype": "float32", "shape": list(t.shape), "b64": base64.b64encode(t.numpy().tobytes()).decode()}
+
+    T, S = 13_000, 1024  # 40% of the ctc bound per call
+    assert 0.35 < T * (2 * S + 1) / MAX_CTC_CELLS < 0.45
+    ctc = {
+        "loss": "ctc",
+        "inputs": {
+            "input": b64(torch.zeros(T, 1, 3)),
+            "targets": [[1] * S],
+            "input_lengths": [T],
+            "target_lengths": [S],
+        },
+    }
+    mse = {"loss": "mse", "inputs": {"input": [1.0], "target": [0.0]}}
+    calls, _ = svc._prepare_batch(memoryview(orjson.dumps({"calls": [ctc, mse, ctc, ctc, mse]})), None)
+    assert [c.status if isinstance(c, Problem) else "ok" for c in calls] == ["ok", "ok", "ok", 413, "ok"]
+    assert isinstance(calls[3], Problem) and "calls.3" in calls[3].detail
+
+    n = 3000  # (2N)^2 is 54% of the similarity bound: one term fits, two do not
+    z = b64(torch.randn(n, 1))
+    terms = [{"loss": "info_nce", "inputs": {"z1": "a", "z2": "b"}}]
+    body = {"inputs": {"a": z, "b": z}, "terms": terms}
+    svc._prepare_composite(memoryview(orjson.dumps(body)), None)
+    with pytest.raises(Problem) as e:
+        svc._prepare_composite(memoryview(orjson.dumps({**body, "terms": terms * 2})), None)
+    assert e.value.status == 413 and "split the composite" in e.value.detail
+    svc.close()
+
+    # info_nce's own bound counts D: (2N)^2 within the matrix bound, but (2N)^2*D over the work bound
+    from lossd.losses.metric import INFO_NCE, InfoNCEParams
+    from lossd.spec import InputError
+
+    assert INFO_NCE.check is not None
+    n, d = 2048, MAX_SIMILARITY_WORK // (4096**2)
+    assert (2 * n) ** 2 <= MAX_SIMILARITIES
+    INFO_NCE.check({"z1": torch.zeros(n, d), "z2": torch.zeros(n, d)}, InfoNCEParams())
+    with pytest.raises(InputError) as ie:
+        INFO_NCE.check({"z1": torch.zeros(n, d + 1), "z2": torch.zeros(n, d + 1)}, InfoNCEParams())
+    assert ie.value.status == 413 and "reduce D" in ie.value.msg

@@ -100,7 +100,9 @@ def test_methods_on_compute_paths(server: Server) -> None:
     for method in ("PUT", "DELETE", "PATCH"):
         r = httpx.request(method, server.url + "/v1/losses/mse")
         assert_problem(r, 405)
-        assert r.headers["allow"] == "GET, HEAD, POST"
+        assert r.headers["allow"] == "GET, POST"
+    r = httpx.head(server.url + "/v1/losses/mse")
+    assert r.status_code == 405 and r.headers["allow"] == "GET, POST"
     assert httpx.get(server.url + "/v1/losses/mse").json()["name"] == "mse"
     assert_problem(post(server, "/v1/losses/a/b", json=CE), 404)
 
@@ -216,6 +218,13 @@ def test_binary_round_trip_and_accept(server: Server) -> None:
     assert r.headers["content-type"] == "application/x-safetensors"
     assert float(safetensors.torch.load(r.content)["value"]) == pytest.approx(2.5)
     # Accept's q-values count: q=0 means "not this", and a JSON preferred over it is JSON.
+    r = post(
+        server,
+        "/v1/losses/mse",
+        json={"inputs": {"input": [1.0], "target": [0.0]}},
+        headers={"accept": "Application/X-Safetensors"},
+    )
+    assert r.headers["content-type"] == "application/x-safetensors"  # media types ignore case
     for accept in ("application/x-safetensors;q=0", "application/json, application/x-safetensors;q=0.5"):
         r = post(
             server, "/v1/losses/mse", json={"inputs": {"input": [1.0], "target": [0.0]}}, headers={"accept": accept}

@@ -523,7 +523,7 @@ class LossMethods(SyncLossCaller):
 
         Aliases: levenshtein
 
-        Reference: editdistance package and a pure-Python dynamic-programming Levenshtein in the tests
+        Reference: a pure-Python dynamic-programming Levenshtein in the tests
         """
         return self._call_loss(
             "edit_distance",
@@ -1607,7 +1607,7 @@ class AsyncLossMethods(AsyncLossCaller):
 
         Aliases: levenshtein
 
-        Reference: editdistance package and a pure-Python dynamic-programming Levenshtein in the tests
+        Reference: a pure-Python dynamic-programming Levenshtein in the tests
         """
         return await self._call_loss(
             "edit_distance",

@@ -173,24 +173,28 @@ def _all_ints_over_int64(data: Any, arr: np.ndarray) -> bool:
     return all(type(x) is int for x in leaves)
 
 
-def _size_hint(obj: list[Any]) -> int:
-    """The element count of a nested list if it is rectangular (its first elements' lengths)."""
-    n = 1
+def _size_hint(obj: list[Any]) -> tuple[int, int]:
+    """(element count, depth) of a nested list if it is rectangular (read off its first elements)."""
+    n, depth = 1, 0
     while isinstance(obj, list):
         n *= len(obj)
+        depth += 1
         if not obj:
             break
         obj = obj[0]
-    return n
+    return n, depth
 
 
 def _has_strings(obj: list[Any]) -> bool:
     """Whether a nested list holds strings anywhere, without building anything per number."""
     level: list[Any] = obj
-    while level and isinstance(level[0], list) and level[0] and isinstance(level[0][0], list):
-        level = list(itertools.chain.from_iterable(level))
-    leaves = itertools.chain.from_iterable(level) if level and isinstance(level[0], list) else level
-    return str in set(map(type, leaves))
+    try:
+        while level and isinstance(level[0], list) and level[0] and isinstance(level[0][0], list):
+            level = list(itertools.chain.from_iterable(level))
+        leaves = itertools.chain.from_iterable(level) if level and isinstance(level[0], list) else level
+        return str in set(map(type, leaves))
+    except TypeError:  # ragged (a number where a list belongs): the general path says so
+        return False
 
 
 def _first_leaf_is_float(obj: list[Any]) -> bool:
@@ -215,8 +219,8 @@ def _cast(arr: np.ndarray, dtype: str, loc: Sequence[str | int]) -> np.ndarray:
     elif target.kind == "b" and arr.dtype.kind != "b":
         if arr.size and not bool(np.all((arr == 0) | (arr == 1))):
             raise _bad(loc, "data is not boolean (0/1, true/false), declared dtype bool")
-    elif target.kind == "f" and arr.dtype.kind == "f" and target.itemsize < arr.dtype.itemsize:
-        return _narrow(arr, target, loc)
+    elif target.kind == "f" and (arr.dtype.kind in "iu" or target.itemsize < arr.dtype.itemsize):
+        return _narrow(arr, target, loc)  # 70000 is no float16
     return arr.astype(target)
 
 
@@ -239,10 +243,14 @@ def decode_tensor(obj: Any, loc: Sequence[str | int], limits: Limits, text_ok: b
         return list(obj)
     if text_ok and isinstance(obj, list) and not obj:
         return []
-    if isinstance(obj, list) and _size_hint(obj) >= LARGE_ARRAY and _has_strings(obj):
-        # "NaN" and "Infinity" in a big array: replaced first, because numpy's inference would
-        # otherwise build an array of strings (128 bytes per number) before giving up on it.
-        obj = _replace_nonfinite(obj, loc)
+    if isinstance(obj, list):
+        size, depth = _size_hint(obj)
+        if depth > MAX_DIMS:
+            raise _too_many_dims(loc, depth)
+        if size >= LARGE_ARRAY and _has_strings(obj):
+            # "NaN" and "Infinity" in a big array: replaced first, because numpy's inference would
+            # otherwise build an array of strings (128 bytes per number) before giving up on it.
+            obj = _replace_nonfinite(obj, loc)
     if isinstance(obj, list) and _first_leaf_is_float(obj):
         # The common case, numbers only. numpy's own inference decides (asking it for float32
         # directly would also read None as NaN and "1.5" as a number); anything but floats
@@ -264,7 +272,7 @@ def decode_tensor(obj: Any, loc: Sequence[str | int], limits: Limits, text_ok: b
     if isinstance(obj, np.ndarray):  # from loads_large: int64 or float64, inferred as ever
         if obj.size > limits.max_elements:
             raise _too_large(loc, obj.size, limits)
-        return torch.from_numpy(obj.astype(np.float32) if obj.dtype.kind == "f" else obj)
+        return torch.from_numpy(_narrow(obj, np.float32, loc) if obj.dtype.kind == "f" else obj)
     arr = _to_numpy(obj, loc)
     if arr.size > limits.max_elements:
         raise _too_large(loc, arr.size, limits)
@@ -504,6 +512,8 @@ def _numeric(node: Any, brackets: list[int]) -> np.ndarray | None:
         arr = None
     if arr is None:
         arr = np.frombuffer(node.as_buffer(of_type="d"), dtype=np.float64)
+        if type(leaf) is int and arr.size and float(np.abs(arr).max()) >= 2.0**63:
+            raise _Fallback  # perhaps integers past int64, which the general path refuses
     if arr.size != math.prod(dims):
         raise _Fallback
     brackets[0] += sum(math.prod(dims[:k]) for k in range(len(dims)))
@@ -539,7 +549,7 @@ def read_safetensors(body: memoryview | bytearray, limits: Limits) -> tuple[dict
         raise Problem(400, "body is not a safetensors file (header is not JSON)") from None
     if not isinstance(header, dict):
         raise Problem(400, "body is not a safetensors file (header is not an object)")
-    meta = header.pop("__metadata__", None) or {}
+    meta = header.pop("__metadata__", {})
     if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
         raise Problem(400, "safetensors __metadata__ must map names to strings")
     if len(header) > limits.max_tensors:

@@ -73,7 +73,7 @@ def content_kind(headers: Headers) -> bool:
 def wants_safetensors(accept: bytes | None) -> bool:
     """Whether an Accept header prefers safetensors to JSON (JSON unless safetensors is named
     with a q above zero and at least that of JSON or of a wildcard covering JSON)."""
-    if not accept or SAFETENSORS_MEDIA not in accept:
+    if not accept or SAFETENSORS_MEDIA not in accept.lower():
         return False
     q: dict[str, float] = {}
     for item in accept.decode("latin-1").split(","):
@@ -236,8 +236,8 @@ class ComputeEndpoints:
         path = route_path(scope)
         if path.startswith(LOSS_PREFIX):
             name = path[len(LOSS_PREFIX) :]
-            # GET (and HEAD) of a loss is its catalogue entry, which FastAPI answers.
-            if scope["method"] not in ("GET", "HEAD") and name and "/" not in name:
+            # GET of a loss is its catalogue entry, which FastAPI answers.
+            if scope["method"] != "GET" and name and "/" not in name:
                 return LOSS_ROUTE, name
             return None
         if path in MULTI_ROUTES:
@@ -258,7 +258,7 @@ class ComputeEndpoints:
         template, name = route
         try:
             if scope["method"] != "POST":
-                allow = "GET, HEAD, POST" if template == LOSS_ROUTE else "POST"
+                allow = "GET, POST" if template == LOSS_ROUTE else "POST"
                 raise Problem(405, f"method not allowed; use {allow}", headers={"Allow": allow})
             if template == LOSS_ROUTE:
                 body, media = await self._loss(scope, receive, headers, name, state)

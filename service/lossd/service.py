@@ -270,6 +270,18 @@ class Service:
                     raise p.within(("calls", i)) from None
             except Problem as p:
                 calls.append(p)
+        # Superlinear losses are bounded per call; a batch may not take more than one call's bound in all.
+        left = 1.0
+        for i, c in enumerate(calls):
+            share = _work(c) if isinstance(c, Call) else 0.0
+            if share > left:
+                calls[i] = Problem(
+                    413,
+                    f"calls.{i}: with the calls before it, over the work bound of one request "
+                    f"(this call takes {share:.0%} of it); send it in another request",
+                )
+            else:
+                left -= share
         return calls, b64
 
     def _encode_batch(self, results: list[Result | Problem], b64: bool) -> bytes:
@@ -339,6 +351,11 @@ class Service:
                 ) from None
             terms.append(CompositeTerm(call, float(weight), dict(refs)))
             used.update(refs.values())
+        share = sum(_work(t.call) for t in terms)
+        if share > 1:
+            raise Problem(
+                413, f"the terms together take {share:.0%} of the work bound of one request; split the composite"
+            )
         unused = [k for k in shared if k not in used]
         if unused:
             raise field_error(("inputs", unused[0]), "no term uses this tensor")
@@ -439,6 +456,12 @@ class Service:
     def update_gauges(self) -> None:
         for e in self.engines:
             self.metrics.inflight.labels(str(e.device)).set(e.inflight)
+
+
+def _work(call: Call) -> float:
+    """The share of one request's work bound that a call takes (0 for losses linear in their inputs)."""
+    work = call.spec.work
+    return work(call.inputs) if work is not None else 0.0
 
 
 def _text_refs(obj: Mapping[str, Any], service: Service) -> set[str]:

@@ -104,6 +104,9 @@ class LossSpec:
     # Work that grows faster than the inputs (pairwise similarities, alignment lattices, a
     # network): such a loss never runs on the event loop, however small its body.
     superlinear: bool = False
+    # The share of the per-call work bound that a call takes (checked inputs -> 0..1, the check
+    # refusing more with 413); a batch or composite may not take more than one call's bound in all.
+    work: Callable[[Mapping[str, Any]], float] | None = None
     # A loss that needs operator configuration (perceptual's weights) names the setting in
     # ``requires`` and gives ``load(setting_value, device)``, called once per device engine at
     # start-up; what it returns is passed to ``fn`` as the keyword ``resource``. Without the

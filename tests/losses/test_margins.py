@@ -145,6 +145,9 @@ def test_params_reject_bad_values(name: str, field: str, value: Any) -> None:
 def test_multi_margin_p_values() -> None:
     assert _spec("multi_margin").params(p=2).p == 2
     assert _spec("multi_margin").params(p=1).p == 1
+    for bad in (3, True, "1"):  # 1 or 2: true == 1 and "1" are not
+        with pytest.raises(ValidationError):
+            _spec("multi_margin").params(p=bad)
 
 
 # ---------------------------------------------------------------------------

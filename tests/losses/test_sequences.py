@@ -1,11 +1,10 @@
-"""ctc and edit_distance: values against torch / editdistance / a DP reference, true gradients, checks."""
+"""ctc and edit_distance: values against torch / a DP reference, true gradients, checks."""
 
 from __future__ import annotations
 
 import math
 from typing import Any
 
-import editdistance
 import pytest
 import torch
 import torch.nn.functional as F
@@ -321,7 +320,6 @@ TRU = ["sitting", "lawn", "abc", "hello world", "日本", "abc", ""]
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 def test_edit_distance_strings(normalize: bool, reduction: str) -> None:
     ref = [_lev(h, t) for h, t in zip(HYP, TRU)]
-    assert ref == [editdistance.eval(h, t) for h, t in zip(HYP, TRU)]
     per = torch.tensor([_norm(d, len(t)) if normalize else float(d) for d, t in zip(ref, TRU)], dtype=torch.float32)
     got = edit_distance(HYP, TRU, normalize=normalize, reduction=reduction)  # type: ignore[arg-type]
     assert got.dtype == torch.float32

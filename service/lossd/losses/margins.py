@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from lossd.losses._common import reduce
 from lossd.spec import (
@@ -205,6 +205,13 @@ class MultiMarginParams(Reduced):
     p: Literal[1, 2] = 1
     margin: float = _MARGIN
 
+    @field_validator("p", mode="before")
+    @classmethod
+    def _not_a_boolean(cls, v: object) -> object:
+        if isinstance(v, bool):  # true == 1 would pass the Literal, even in strict mode
+            raise ValueError("expected 1 or 2, not a boolean")
+        return v
+
 
 def multi_margin(
     input: torch.Tensor,
@@ -338,6 +345,12 @@ def multilabel_margin(input: torch.Tensor, target: torch.Tensor, *, reduction: R
     return reduce(F.multilabel_margin_loss(input, target, reduction="none"), reduction)
 
 
+def _multilabel_comparisons(inputs: Mapping[str, Any]) -> int:
+    """torch compares every label with every class: labels * C steps per sample."""
+    x, t = inputs["input"], inputs["target"]
+    return int((t >= 0).sum().item()) * (x.shape[-1] if x.dim() else 1)
+
+
 def _check_multilabel_margin(inputs: Mapping[str, Any], _p: Any) -> None:
     x, t = inputs["input"], inputs["target"]
     c = _check_matrix(x)
@@ -345,8 +358,7 @@ def _check_multilabel_margin(inputs: Mapping[str, Any], _p: Any) -> None:
     if t.numel() and not bool(((t >= -1) & (t < c)).all()):
         bad = t[(t < -1) | (t >= c)][0].item()
         raise InputError(("inputs", "target"), f"class index {bad} out of range [0, {c}) (or -1 padding)")
-    # torch compares every label with every class: labels * C steps per sample.
-    work = int((t >= 0).sum().item()) * c
+    work = _multilabel_comparisons(inputs)
     if work > MAX_MULTILABEL_WORK:
         raise InputError(
             ("inputs", "target"),
@@ -371,6 +383,7 @@ MULTILABEL_MARGIN = LossSpec(
     check=_check_multilabel_margin,
     reference="torch.nn.functional.multilabel_margin_loss",
     superlinear=True,
+    work=lambda inputs: _multilabel_comparisons(inputs) / MAX_MULTILABEL_WORK,
 )
 
 

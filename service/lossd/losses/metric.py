@@ -268,9 +268,24 @@ def _check_info_nce(inputs: Mapping[str, Any], _p: Any) -> None:
             f"{MAX_SIMILARITIES} entries per call (N <= {int(MAX_SIMILARITIES**0.5) // 2})",
             status=413,
         )
+    # ...and its product with D, the time it takes to compute.
+    if _info_nce_work(inputs) > 1:
+        raise InputError(
+            ("inputs", "z1"),
+            f"(2N)^2*D = {(2 * z1.shape[0]) ** 2 * z1.shape[1]} multiply-adds is over the limit of "
+            f"{MAX_SIMILARITY_WORK} per call; split the call or reduce D",
+            status=413,
+        )
 
 
-MAX_SIMILARITIES = 1 << 26  # (2N)^2: 2N = 8192 views, 256 MiB of float32 per matrix, seconds on a CPU core
+MAX_SIMILARITIES = 1 << 26  # (2N)^2: 2N = 8192 views, 256 MiB of float32 per matrix
+MAX_SIMILARITY_WORK = 1 << 36  # (2N)^2*D: about 3 s on one CPU core (measured: N=4096, D=1024, 3.3 s)
+
+
+def _info_nce_work(inputs: Mapping[str, Any]) -> float:
+    """The share of one call's bound: the larger of the matrix's size and its cost, (2N)^2 and (2N)^2*D."""
+    n, d = inputs["z1"].shape
+    return max((2 * n) ** 2 / MAX_SIMILARITIES, (2 * n) ** 2 * d / MAX_SIMILARITY_WORK)
 
 
 INFO_NCE = LossSpec(
@@ -287,6 +302,7 @@ INFO_NCE = LossSpec(
     check=_check_info_nce,
     reference="float64 numpy NT-Xent in the tests, gradcheck",
     superlinear=True,
+    work=_info_nce_work,
 )
 
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
-import editdistance
 import torch
 import torch.nn.functional as F
 from pydantic import Field
+from rapidfuzz.distance import Levenshtein
 
 from lossd.spec import (
     Input,
@@ -157,8 +157,7 @@ def _check_ctc(inputs: Mapping[str, Any], p: CTCParams) -> None:
                 f"target lengths sum to {total} but the concatenated targets have {tg.shape[0]} labels",
             )
         labels = tg
-    # The forward-backward recursion visits T_n * (2*S_n + 1) cells per sample: bound the call's work.
-    cells = int((il.to(torch.int64) * (2 * tl.to(torch.int64) + 1)).sum().item())
+    cells = _ctc_cells(inputs)
     if cells > MAX_CTC_CELLS:
         raise InputError(
             ("inputs", "target_lengths"),
@@ -172,6 +171,12 @@ def _check_ctc(inputs: Mapping[str, Any], p: CTCParams) -> None:
             raise InputError(("inputs", "targets"), f"label {labels[bad_range][0].item()} out of range [0, {C})")
         if bool((labels == p.blank).any()):
             raise InputError(("inputs", "targets"), f"label {p.blank} is the blank index; targets must not contain it")
+
+
+def _ctc_cells(inputs: Mapping[str, Any]) -> int:
+    """The forward-backward recursion visits T_n * (2*S_n + 1) cells per sample: the call's work."""
+    il, tl = inputs["input_lengths"], inputs["target_lengths"]
+    return int((il.to(torch.int64) * (2 * tl.to(torch.int64) + 1)).sum().item())
 
 
 CTC = LossSpec(
@@ -190,6 +195,7 @@ CTC = LossSpec(
     check=_check_ctc,
     reference="torch.nn.functional.ctc_loss (values); central finite differences / gradcheck in float64 (gradients)",
     superlinear=True,
+    work=lambda inputs: _ctc_cells(inputs) / MAX_CTC_CELLS,
 )
 
 # ---------------------------------------------------------------------------
@@ -214,10 +220,16 @@ def _sequences(x: TextInput, lengths: torch.Tensor | None) -> list[Any]:
 
 
 def _dense(h: Sequence[Any], t: Sequence[Any]) -> tuple[list[int], list[int]]:
-    """A pair's tokens renumbered 0, 1, 2... in order of appearance. editdistance compares
+    """A pair's tokens renumbered 0, 1, 2... in order of appearance. Edit-distance libraries compare
     tokens by hash(), and distinct ints can share one (hash(-1) == hash(-2); ints wrap at 2**61-1)."""
     ids: dict[Any, int] = {}
     return [ids.setdefault(x, len(ids)) for x in h], [ids.setdefault(x, len(ids)) for x in t]
+
+
+def _levenshtein(h: Any, t: Any) -> int:
+    if isinstance(h, str) and isinstance(t, str):
+        return int(Levenshtein.distance(h, t))  # code points, compared as such
+    return int(Levenshtein.distance(*_dense(h, t)))
 
 
 def edit_distance(
@@ -238,7 +250,8 @@ def edit_distance(
     """
     hyps = _sequences(hypothesis, hypothesis_lengths)
     truths = _sequences(truth, truth_lengths)
-    dist = torch.tensor([float(editdistance.eval(*_dense(h, t))) for h, t in zip(hyps, truths)], dtype=torch.float64)
+    # rapidfuzz: bit-parallel (about 64 cells per step), so the GIL is held for milliseconds, not seconds.
+    dist = torch.tensor([float(_levenshtein(h, t)) for h, t in zip(hyps, truths)], dtype=torch.float64)
     if normalize:
         tlen = torch.tensor([float(len(t)) for t in truths], dtype=torch.float64)
         dist = torch.where(tlen > 0, dist / tlen.clamp_min(1), torch.where(dist > 0, torch.inf, 0.0))
@@ -250,7 +263,7 @@ def edit_distance(
     return dist
 
 
-MAX_EDIT_CELLS = 200_000_000  # about a second of work on one core
+MAX_EDIT_CELLS = 200_000_000  # tens of milliseconds (bit-parallel); bounds the host-side token lists too
 
 
 def _rows(x: Any) -> list[Any]:
@@ -273,6 +286,11 @@ def _text_count(x: Any, name: str) -> int:
     raise InputError(("inputs", name), "expected a list of strings or an integer tensor (N,L)")
 
 
+def _edit_cells(inputs: Mapping[str, Any]) -> int:
+    """Levenshtein costs len(h)*len(t) per pair: the work one call holds the host for."""
+    return sum(_length(h) * _length(t) for h, t in zip(_rows(inputs["hypothesis"]), _rows(inputs["truth"])))
+
+
 def _check_edit_distance(inputs: Mapping[str, Any], _p: EditDistanceParams) -> None:
     hyp, tru = inputs["hypothesis"], inputs["truth"]
     n_h = _text_count(hyp, "hypothesis")
@@ -283,8 +301,7 @@ def _check_edit_distance(inputs: Mapping[str, Any], _p: EditDistanceParams) -> N
         )
     if n_h != n_t:
         raise InputError(("inputs", "truth"), f"expected {n_h} sequences (as many as hypothesis), got {n_t}")
-    # Levenshtein costs len(h)*len(t) per pair: bound the work one call can hold the host for.
-    cells = sum(_length(h) * _length(t) for h, t in zip(_rows(hyp), _rows(tru)))
+    cells = _edit_cells(inputs)
     if cells > MAX_EDIT_CELLS:
         raise InputError(
             ("inputs", "truth"),
@@ -320,9 +337,10 @@ EDIT_DISTANCE = LossSpec(
     ),
     params=EditDistanceParams,
     check=_check_edit_distance,
-    reference="editdistance package and a pure-Python dynamic-programming Levenshtein in the tests",
+    reference="a pure-Python dynamic-programming Levenshtein in the tests",
     host_only=True,
     superlinear=True,
+    work=lambda inputs: _edit_cells(inputs) / MAX_EDIT_CELLS,
 )
 
 
