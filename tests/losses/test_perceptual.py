@@ -336,3 +336,17 @@ def test_float64_copy_made_in_inference_mode_still_gives_gradients(weights_file:
     (g,) = torch.autograd.grad(again, xr)
     assert again.item() == first.item()
     assert bool((g != 0).any())
+
+
+def test_check_bounds_the_pixels_of_a_call() -> None:
+    """VGG16 over N*H*W pixels is the call's work: past MAX_PERCEPTUAL_PIXELS it is 413 before any device work."""
+    from lossd.losses.perceptual import MAX_PERCEPTUAL_PIXELS
+
+    side = 1024
+    n = MAX_PERCEPTUAL_PIXELS // (side * side)
+    x = torch.zeros(1, 3, side, side).expand(n + 1, 3, side, side)
+    # expand() keeps the test small: the check reads shapes and ranges only
+    with pytest.raises(InputError) as e:
+        _check({"input": x, "target": x})
+    assert e.value.status == 413 and e.value.loc == ("inputs", "input")
+    _check({"input": x[:n], "target": x[:n]})

@@ -125,6 +125,23 @@ def _check_perceptual(inputs: Mapping[str, Any], p: PerceptualParams) -> None:
             f"images of {x.shape[2]}x{x.shape[3]} are too small for layer {deepest}: "
             f"height and width must be at least {side}",
         )
+    pixels = _pixels(inputs)
+    if pixels > MAX_PERCEPTUAL_PIXELS:
+        raise InputError(
+            ("inputs", "input"),
+            f"{pixels} pixels (N*H*W) is over the limit of {MAX_PERCEPTUAL_PIXELS} per call; split the call",
+            status=413,
+        )
+
+
+# Input and target both go through VGG16 (about 0.3 MFLOP per pixel to relu4_3, activations of some
+# 260 float32 channels per pixel): 4M pixels is tens of ms on a datacenter GPU, tens of seconds on a CPU core.
+MAX_PERCEPTUAL_PIXELS = 1 << 22
+
+
+def _pixels(inputs: Mapping[str, Any]) -> int:
+    x = inputs["input"]
+    return int(x.shape[0] * x.shape[2] * x.shape[3])
 
 
 PERCEPTUAL = LossSpec(
@@ -143,6 +160,7 @@ PERCEPTUAL = LossSpec(
     requires="vgg16_weights",
     load=load_vgg16,
     superlinear=True,
+    work=lambda inputs: _pixels(inputs) / MAX_PERCEPTUAL_PIXELS,
 )
 
 SPECS: tuple[LossSpec, ...] = (PERCEPTUAL,)
