@@ -7,7 +7,7 @@ grep -qx '/.whl/' .git/info/exclude 2>/dev/null || echo /.whl/ >> .git/info/excl
 mkdir -p .whl
 pins=()
 for name in fastapi starlette pydantic pydantic-core pydantic-settings annotated-types typing-inspection \
-    python-dotenv fastapi-offline editdistance httptools orjson annotated-doc uvicorn typing-extensions pysimdjson \
+    python-dotenv fastapi-offline rapidfuzz httptools orjson annotated-doc uvicorn typing-extensions pysimdjson \
     opentelemetry-api; do
     pattern=${name//[-_]/[-_]}  # constraints.txt spells some names with _ (pip freeze)
     pin=$(grep -i -E "^${pattern}==" constraints.txt) || { echo "no pin for $name in constraints.txt" >&2; exit 1; }
