@@ -789,15 +789,32 @@ def test_kl_div_zero_target() -> None:
     zero = q == 0
     assert torch.equal(got[2][zero], torch.zeros(3, dtype=D))
     torch.testing.assert_close(got[2][~zero], want[2][~zero])
-    # a zero target with a -inf log-probability contributes 0 (0 log 0 = 0)
+    # a zero target with a -inf log-probability: torch's value (0 * inf is NaN)...
     xi = torch.tensor([[-math.inf, 0.0]], dtype=D)
-    assert float(C.kl_div(xi, torch.tensor([[0.0, 1.0]], dtype=D), reduction="sum")) == 0.0
-    # ...and gradients 0 there too, not NaN (0 * inf), for the input and the target
+    ti = torch.tensor([[0.0, 1.0]], dtype=D)
+    assert torch.equal(C.kl_div(xi, ti, reduction="none").isnan(), F.kl_div(xi, ti, reduction="none").isnan())
+    assert math.isnan(float(C.kl_div(xi, ti, reduction="sum")))
+    # ...but gradients 0 there, not NaN, for the input and the target
     xg = torch.tensor([[-math.inf, -0.5, -0.9]], dtype=D).requires_grad_()
     tg = torch.tensor([[0.0, 0.6, 0.4]], dtype=D).requires_grad_()
     gx, gt = torch.autograd.grad(C.kl_div(xg, tg, reduction="sum"), (xg, tg))
     assert gx.tolist() == [[0.0, -0.6, -0.4]]
     assert gt[0, 0] == 0 and torch.allclose(gt[0, 1:], torch.log(tg[0, 1:]) + 1 - xg[0, 1:])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("log_target", [False, True])
+def test_kl_div_values_are_bitwise_torch(dtype: torch.dtype, log_target: bool) -> None:
+    """Exact, reproducible: the same bits as torch's kernel, zero targets included."""
+    g = torch.Generator().manual_seed(11)
+    x = torch.log_softmax(torch.randn(64, 50, generator=g, dtype=dtype), 1)
+    t = torch.softmax(torch.randn(64, 50, generator=g, dtype=dtype), 1)
+    t[::3, ::4] = 0
+    t = t.log() if log_target else t
+    for reduction in ("none", "sum", "batchmean"):
+        got = C.kl_div(x, t, log_target=log_target, reduction=reduction)  # type: ignore[arg-type]
+        want = F.kl_div(x, t, log_target=log_target, reduction=reduction)
+        torch.testing.assert_close(got, want, rtol=0, atol=0, equal_nan=True)
 
 
 def test_kl_div_gradcheck() -> None:

@@ -483,22 +483,23 @@ def kl_div(
     log_target: bool = False,
     reduction: Literal["batchmean", "mean", "sum", "none"] = "batchmean",
 ) -> torch.Tensor:
-    """Kullback-Leibler divergence, the values of ``torch.nn.functional.kl_div``.
+    """Kullback-Leibler divergence, exactly the values of ``torch.nn.functional.kl_div``.
 
-    Pointwise ``t * (log t - x)`` (``0`` where ``t == 0``), or ``exp(t) * (t - x)`` when
-    ``log_target``; ``x`` holds log-probabilities. ``batchmean`` divides the sum by
-    ``input.shape[0]`` (of a 0-d input: the sum), ``mean`` by the element count. Where ``t == 0``
-    the term is the constant 0: its target gradient is 0 (the one-sided derivative is -inf;
-    torch gives NaN) and a ``-inf`` log-probability there gives 0, not NaN.
+    Pointwise ``xlogy(t, t) - t * x`` (so ``0 - 0 * x`` where ``t == 0``: 0, or NaN for an
+    infinite ``x``, as torch), or ``exp(t) * (t - x)`` when ``log_target``; ``x`` holds
+    log-probabilities. ``batchmean`` divides the sum by ``input.shape[0]`` (of a 0-d input: the
+    sum), ``mean`` by the element count. Gradients where ``t == 0`` are 0 for both inputs (for the
+    target, the one-sided derivative is -inf and torch gives NaN).
     """
     if log_target:
         loss = torch.exp(target) * (target - input)
     else:
         pos = target > 0
         safe = torch.where(pos, target, torch.ones_like(target))
-        # input masked too: where t == 0 a -inf there would make the target gradient 0 * inf = NaN
+        # Both masked where t == 0, so that no 0 * inf reaches the gradients; the value there is
+        # torch's own expression, held constant.
         x = torch.where(pos, input, torch.zeros_like(input))
-        loss = torch.where(pos, target * (torch.log(safe) - x), 0.0)
+        loss = torch.where(pos, torch.xlogy(safe, safe) - safe * x, 0.0 - (target * input).detach())
     if reduction == "batchmean":
         total = loss.sum()
         return total / input.shape[0] if input.dim() > 0 else total

@@ -225,10 +225,13 @@ def multi_margin(
     """Multi-class hinge, ``torch.nn.functional.multi_margin_loss``.
 
     ``loss_n = sum_{j != y} w[y] * max(0, margin - x[y] + x[j])^p / C``; mean over samples.
-    Reduced here from torch's ``none`` values (torch's own mean of an empty batch is garbage).
+    An empty batch is reduced here from torch's ``none`` values (torch's own mean or sum of it
+    is garbage); otherwise torch reduces, so that the bits are torch's.
     """
-    loss = F.multi_margin_loss(input, target, p=p, margin=margin, weight=weight, reduction="none")
-    return reduce(loss, reduction)
+    if input.numel() == 0:
+        loss = F.multi_margin_loss(input, target, p=p, margin=margin, weight=weight, reduction="none")
+        return reduce(loss, reduction)
+    return F.multi_margin_loss(input, target, p=p, margin=margin, weight=weight, reduction=reduction)
 
 
 def _check_multi_margin(inputs: Mapping[str, Any], _p: Any) -> None:
@@ -339,10 +342,12 @@ def multilabel_margin(input: torch.Tensor, target: torch.Tensor, *, reduction: R
     """Multi-label hinge, ``torch.nn.functional.multilabel_margin_loss``.
 
     ``loss_n = sum_{j in Y} sum_{i not in Y} max(0, 1 - (x[j] - x[i])) / C``, ``Y`` the target
-    indices before the first -1. Reduced here from torch's ``none`` values (torch's own mean
-    of an empty batch is garbage).
+    indices before the first -1. An empty batch is reduced here from torch's ``none`` values
+    (torch's own mean or sum of it is garbage); otherwise torch reduces, so that the bits are torch's.
     """
-    return reduce(F.multilabel_margin_loss(input, target, reduction="none"), reduction)
+    if input.numel() == 0:
+        return reduce(F.multilabel_margin_loss(input, target, reduction="none"), reduction)
+    return F.multilabel_margin_loss(input, target, reduction=reduction)
 
 
 def _multilabel_comparisons(inputs: Mapping[str, Any]) -> int:
