@@ -349,3 +349,42 @@ def test_work_bounds_hold_per_request_not_only_per_call() -> None:
     with pytest.raises(InputError) as ie:
         INFO_NCE.check({"z1": torch.zeros(n, d + 1), "z2": torch.zeros(n, d + 1)}, InfoNCEParams())
     assert ie.value.status == 413 and "reduce D" in ie.value.msg
+
+
+def test_engine_gradients_are_torch_autograd_grad_bit_for_bit() -> None:
+    """lossd.engine.grad calls autograd's engine without torch.autograd.grad's Python wrapper:
+    for every loss of the catalogue (its example call, every differentiable input), the same bits."""
+    from lossd import codecs
+    from lossd.engine import grad
+    from lossd.examples import EXAMPLES
+
+    engine = Engine(CAT, torch.device("cpu"), Settings(warmup=False))
+    limits = codecs.Limits(10**7, 64)
+    checked = 0
+    for spec in CAT:
+        ex = EXAMPLES.get(spec.name)
+        if ex is None or not spec.differentiable or spec.name in engine.unavailable:
+            continue
+        text = frozenset(i.name for i in spec.inputs if i.kind == "text")
+        inputs = codecs.decode_tensors(ex["inputs"], ("inputs",), limits, text)
+        call = engine.prepare(spec, inputs, ex.get("params"), True)
+
+        def forward(call: object = call, spec: object = spec) -> tuple[torch.Tensor, list[torch.Tensor]]:
+            tensors = dict(call.inputs)  # type: ignore[attr-defined]
+            leaves = []
+            for name in call.grad:  # type: ignore[attr-defined]
+                tensors[name] = tensors[name].detach().requires_grad_(True)
+                leaves.append(tensors[name])
+            out = spec.fn(**engine._kwargs(call, tensors))  # type: ignore[attr-defined, arg-type]
+            value = out[0] if isinstance(out, tuple) else out
+            return (value if value.dim() == 0 else value.sum()), leaves
+
+        ours = grad(*forward())
+        theirs = torch.autograd.grad(*forward(), allow_unused=True)
+        for a, b in zip(ours, theirs, strict=True):
+            assert (a is None) == (b is None), spec.name
+            if a is not None and b is not None:
+                torch.testing.assert_close(a, b, rtol=0, atol=0, equal_nan=True, msg=spec.name)
+        checked += 1
+    assert checked >= 35
+    engine.shutdown()
