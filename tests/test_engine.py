@@ -388,3 +388,30 @@ def test_engine_gradients_are_torch_autograd_grad_bit_for_bit() -> None:
         checked += 1
     assert checked >= 35
     engine.shutdown()
+
+
+def test_body_timeouts_cancel_only_stalled_readers_on_each_loop() -> None:
+    """One timer serves all readers; a reader past the timeout is cancelled and told so, a quick one is not.
+    An app served by a second event loop (as tests do) gets a timer on that loop."""
+    from lossd.endpoints import BodyTimeouts
+
+    timeouts = BodyTimeouts(0.05)
+
+    async def reader(delay: float) -> str:
+        task: asyncio.Task[object] = asyncio.current_task()  # type: ignore[assignment]
+        timeouts.start(task, asyncio.get_running_loop())
+        try:
+            await asyncio.sleep(delay)
+            return "read"
+        except asyncio.CancelledError:
+            return "timed out" if timeouts.done(task) else "cancelled"
+        finally:
+            timeouts.done(task)
+
+    async def scenario() -> list[str]:
+        return list(await asyncio.gather(reader(5), reader(0.01), reader(5)))
+
+    for _ in range(2):  # two loops, one after the other
+        t0 = time.monotonic()
+        assert asyncio.run(scenario()) == ["timed out", "read", "timed out"]
+        assert time.monotonic() - t0 < 1

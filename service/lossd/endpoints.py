@@ -179,10 +179,12 @@ class BodyTimeouts:
         self._readers: dict[asyncio.Task[object], float] = {}
         self._expired: set[asyncio.Task[object]] = set()
         self._timer: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def start(self, task: asyncio.Task[object], loop: asyncio.AbstractEventLoop) -> None:
         self._readers[task] = loop.time()
-        if self._timer is None:
+        if self._timer is None or self._loop is not loop:  # (a new loop: an app served twice, in tests)
+            self._loop = loop
             self._timer = loop.call_later(self.timeout, self._sweep, loop)
 
     def done(self, task: asyncio.Task[object]) -> bool:
