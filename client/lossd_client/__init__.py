@@ -12,6 +12,7 @@ from lossd_client.client import AsyncLossClient, LossClient
 from lossd_client.errors import (
     AuthError,
     BadRequest,
+    BodyTimeout,
     DeadlineExceeded,
     FieldError,
     Forbidden,
@@ -48,6 +49,7 @@ __all__ = [
     "AsyncLossClient",
     "AuthError",
     "BadRequest",
+    "BodyTimeout",
     "Call",
     "CompositeResult",
     "CompositeTermValue",

@@ -76,6 +76,10 @@ class LossNotFound(NotFound):
     """404: unknown loss; ``detail`` names the closest catalogue names."""
 
 
+class BodyTimeout(LossdError):
+    """408: the request body did not reach the server within its body timeout (a stalled upload)."""
+
+
 class PayloadTooLarge(LossdError):
     """413: the body, or a tensor's element count, is over the server's limit."""
 
@@ -112,6 +116,7 @@ _BY_STATUS: dict[int, type[LossdError]] = {
     400: BadRequest,
     401: AuthError,
     403: Forbidden,
+    408: BodyTimeout,
     413: PayloadTooLarge,
     415: UnsupportedMediaType,
     422: ValidationError,

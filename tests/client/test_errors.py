@@ -16,6 +16,7 @@ from lossd_client import (
     AsyncLossClient,
     AuthError,
     BadRequest,
+    BodyTimeout,
     DeadlineExceeded,
     Forbidden,
     LossClient,
@@ -179,12 +180,14 @@ def test_retries_are_bounded_in_time(stub: Stub) -> None:
     assert len(stub.requests) == 2 and time.monotonic() - t0 < 1.5
 
 
-@pytest.mark.parametrize("status", [400, 401, 403, 404, 413, 422])
+@pytest.mark.parametrize("status", [400, 401, 403, 404, 408, 413, 422])
 def test_no_retry_on_other_4xx(stub: Stub, status: int) -> None:
     stub.script = [problem(status, "no"), MSE_OK]
     with LossClient(stub.url, retry=FAST) as c, pytest.raises(LossdError) as e:
         c.mse([1.0], [0.0])
     assert e.value.status == status and len(stub.requests) == 1
+    if status == 408:  # the server's body timeout: typed, not the client's own RequestTimeout
+        assert isinstance(e.value, BodyTimeout) and not isinstance(e.value, TransportError)
 
 
 def test_no_retry_on_503_without_retry_after(stub: Stub) -> None:
