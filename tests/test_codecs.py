@@ -153,6 +153,9 @@ def test_big_arrays_with_nonfinite_strings() -> None:
     t = decode_tensor(rows, ("x",), LIMITS_BIG)
     assert isinstance(t, torch.Tensor) and t.dtype == torch.float32 and t.shape == (60, 100)
     assert math.isnan(t[59, 99]) and t[0, 0] == -math.inf and float(t[1:59].sum()) == 1.5 * 5800
+    # the object form takes the same path
+    obj = decode_tensor({"dtype": "float64", "shape": [60, 100], "data": rows}, ("x",), LIMITS_BIG)
+    assert isinstance(obj, torch.Tensor) and obj.dtype == torch.float64 and math.isnan(obj[59, 99])
     for bad in ("1.5", None):
         rows[30][30] = bad
         with pytest.raises(Problem) as e:

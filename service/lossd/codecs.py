@@ -140,8 +140,22 @@ def _nonfinite(s: str, loc: Sequence[str | int]) -> float:
         raise _bad(loc, f"unexpected string {s[:20]!r} in numeric data") from None
 
 
+def _without_strings_if_big(obj: list[Any], loc: Sequence[str | int]) -> list[Any]:
+    """A nested list no deeper than MAX_DIMS; if it is big, with "NaN" and "Infinity" already replaced:
+    numpy's inference would otherwise build an array of strings (128 bytes per number) first."""
+    size, depth = _size_hint(obj)
+    if depth > MAX_DIMS:
+        raise _too_many_dims(loc, depth)
+    if size >= LARGE_ARRAY and _has_strings(obj):
+        replaced: list[Any] = _replace_nonfinite(obj, loc)
+        return replaced
+    return obj
+
+
 def _to_numpy(data: Any, loc: Sequence[str | int]) -> np.ndarray:
     """Numbers, booleans or rectangular nested lists -> ndarray with numpy's inferred dtype."""
+    if isinstance(data, list):
+        data = _without_strings_if_big(data, loc)
     try:
         arr = np.asarray(data)
     except (ValueError, OverflowError):
@@ -244,13 +258,7 @@ def decode_tensor(obj: Any, loc: Sequence[str | int], limits: Limits, text_ok: b
     if text_ok and isinstance(obj, list) and not obj:
         return []
     if isinstance(obj, list):
-        size, depth = _size_hint(obj)
-        if depth > MAX_DIMS:
-            raise _too_many_dims(loc, depth)
-        if size >= LARGE_ARRAY and _has_strings(obj):
-            # "NaN" and "Infinity" in a big array: replaced first, because numpy's inference would
-            # otherwise build an array of strings (128 bytes per number) before giving up on it.
-            obj = _replace_nonfinite(obj, loc)
+        obj = _without_strings_if_big(obj, loc)
     if isinstance(obj, list) and _first_leaf_is_float(obj):
         # The common case, numbers only. numpy's own inference decides (asking it for float32
         # directly would also read None as NaN and "1.5" as a number); anything but floats
@@ -300,14 +308,7 @@ def _decode_object(obj: dict[str, Any], loc: Sequence[str | int], limits: Limits
         raise _bad(loc, "a tensor object needs exactly one of data or b64")
     if has_b64:
         return _decode_b64(obj["b64"], dtype, shape, n, loc)
-    target = NP_DTYPES[dtype]
-    if target.kind == "f":
-        # A declared float dtype needs no inference pass (about 20% of decoding a large body).
-        arr = _to_numpy(obj["data"], loc)
-        if arr.dtype.kind == "f" and arr.dtype != target:
-            arr = _narrow(arr, target, loc)
-    else:
-        arr = _to_numpy(obj["data"], loc)
+    arr = _to_numpy(obj["data"], loc)
     if arr.size != n:
         raise _bad(loc, f"data has {arr.size} elements, shape {shape} needs {n}")
     if arr.shape != tuple(shape) and arr.ndim != 1:
