@@ -52,6 +52,18 @@ def test_object_forms_round_trip_every_dtype(name: str, b64: bool) -> None:
 
 
 @pytest.mark.parametrize("name", list(DTYPES))
+@pytest.mark.parametrize("b64", [False, True])
+def test_zero_dim_tensors_round_trip(name: str, b64: bool) -> None:
+    """Scalars as tensor objects (a 0-d gradient, a reduction "none" value of shape [])."""
+    t = sample(DTYPES[name])[0, 0].clone()
+    assert t.dim() == 0
+    enc = wire(encode_tensor(t, b64=b64))
+    assert isinstance(enc, dict) and enc["shape"] == []
+    back = decode_tensor(enc, ("x",), LIMITS)
+    assert isinstance(back, torch.Tensor) and back.dtype == t.dtype and back.shape == () and torch.equal(back, t)
+
+
+@pytest.mark.parametrize("name", list(DTYPES))
 def test_object_form_nested_data(name: str) -> None:
     t = sample(DTYPES[name])
     data = t.float().tolist() if t.dtype == torch.bfloat16 else t.tolist()

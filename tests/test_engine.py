@@ -328,6 +328,17 @@ def test_work_bounds_hold_per_request_not_only_per_call() -> None:
     assert [c.status if isinstance(c, Problem) else "ok" for c in calls] == ["ok", "ok", "ok", 413, "ok"]
     assert isinstance(calls[3], Problem) and "calls.3" in calls[3].detail
 
+    # Shares that add up to exactly one bound pass (no rounding against them): 3 edit_distance
+    # calls of 1e6 + 13e6 + 186e6 cells, and 20 of 1e7.
+    def ed(h: int) -> dict:
+        return {"loss": "edit_distance", "inputs": {"hypothesis": ["a" * h], "truth": ["b" * 10_000]}}
+
+    for batch in ([ed(100), ed(1300), ed(18_600)], [ed(1000)] * 20):
+        calls, _ = svc._prepare_batch(memoryview(orjson.dumps({"calls": batch})), None)
+        assert not any(isinstance(c, Problem) for c in calls)
+    calls, _ = svc._prepare_batch(memoryview(orjson.dumps({"calls": [ed(1000)] * 21})), None)
+    assert [isinstance(c, Problem) for c in calls] == [False] * 20 + [True]
+
     n = 3000  # (2N)^2 is 54% of the similarity bound: one term fits, two do not
     z = b64(torch.randn(n, 1))
     terms = [{"loss": "info_nce", "inputs": {"z1": "a", "z2": "b"}}]

@@ -290,6 +290,16 @@ def test_reduction_none_value_is_always_a_tensor(server: Server) -> None:
     assert out["value"] == pytest.approx(want.item(), rel=1e-12)  # reduced: a number
 
 
+def test_b64_answers_with_zero_dim_tensors(server: Server) -> None:
+    """0-d gradients and 0-d "none" values go out as b64 tensor objects too, single and in a batch."""
+    call = {"inputs": {"input": 1.0, "target": 0.5}, "grad": ["input"]}
+    out = post(server, "/v1/losses/mse", json={**call, "encoding": "b64"}).json()
+    g = out["grads"]["input"]
+    assert g["shape"] == [] and base64.b64decode(g["b64"]) == torch.tensor([1.0]).numpy().tobytes()  # d/dx (x-t)^2
+    res = post(server, "/v1/batch", json={"calls": [{"loss": "mse", **call}], "encoding": "b64"}).json()["results"]
+    assert res[0]["grads"]["input"] == g
+
+
 def test_nan_travels_as_string(server: Server) -> None:
     r = post(
         server,

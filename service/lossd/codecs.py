@@ -378,7 +378,8 @@ def float_out(x: float) -> float | str:
 def encode_tensor(t: torch.Tensor, b64: bool = False) -> dict[str, Any]:
     t = t.detach().cpu()
     if b64:
-        raw = t.contiguous().view(torch.uint8).numpy().tobytes() if t.numel() else b""
+        # reshape(-1): a 0-d tensor cannot be viewed as bytes of another size
+        raw = t.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b""
         return {"dtype": DTYPE_NAMES[t.dtype], "shape": list(t.shape), "b64": base64.b64encode(raw).decode("ascii")}
     name, data = _json_array(t)
     return {"dtype": name, "shape": list(t.shape), "data": data}

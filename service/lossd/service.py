@@ -37,6 +37,8 @@ SAFETENSORS = "application/x-safetensors"
 # the event loop holds at most this many elements, for losses whose work is linear in them
 # (tens to hundreds of microseconds).
 INLINE_MAX_ELEMENTS = 16384
+# Shares of the work bound are fractions: calls that add up to exactly one bound must not fail on rounding.
+WORK_SLACK = 1e-9
 
 
 def wants_b64(body: Mapping[str, Any]) -> bool:
@@ -271,7 +273,7 @@ class Service:
             except Problem as p:
                 calls.append(p)
         # Superlinear losses are bounded per call; a batch may not take more than one call's bound in all.
-        left = 1.0
+        left = 1.0 + WORK_SLACK
         for i, c in enumerate(calls):
             share = _work(c) if isinstance(c, Call) else 0.0
             if share > left:
@@ -352,7 +354,7 @@ class Service:
             terms.append(CompositeTerm(call, float(weight), dict(refs)))
             used.update(refs.values())
         share = sum(_work(t.call) for t in terms)
-        if share > 1:
+        if share > 1 + WORK_SLACK:
             raise Problem(
                 413, f"the terms together take {share:.0%} of the work bound of one request; split the composite"
             )
