@@ -33,11 +33,13 @@ ERRORS = {
     "401": "A key is required and missing or wrong",
     "403": "The key may not do this",
     "404": "Unknown loss; detail names the closest catalogue names",
+    "408": "The body did not arrive within LOSSD_BODY_TIMEOUT_S of admission (the connection is closed)",
     "413": "Body, or a tensor's element count, over the configured limit",
     "415": "Unsupported Content-Type",
     "422": "Wrong shapes, dtypes, params, out-of-range indices or probabilities; a gradient of an input that has none",
     "429": "Over a rate limit; Retry-After set",
-    "503": "Not ready, busy, or out of device memory (Retry-After); or a loss that lacks its configuration",
+    "503": "Not ready, busy (calls or body bytes in flight), or out of device memory (Retry-After); "
+    "or a loss that lacks its configuration",
     "504": "The call's deadline passed before it ran",
 }
 
