@@ -103,6 +103,37 @@ BAD: list[tuple[str, str, bytes, dict[str, str], int]] = [
     ("unsupported content type", "/v1/losses/mse", b"input=1", {"Content-Type": "text/plain"}, 415),
     ("broken safetensors", "/v1/losses/mse", b"\x10\x00\x00\x00\x00\x00\x00\x00{not a header}", ST, 400),
     ("batch not a list", "/v1/batch", b'{"calls": 3}', JSON, 422),
+    # Inputs that once gave 500s or wrong answers (session 3's audit): each must stay a clean 4xx.
+    ("null in numeric data", "/v1/losses/mse", b'{"inputs": {"input": [1.0, null], "target": [0.0, 0.0]}}', JSON, 400),
+    (
+        "integer past int64",
+        "/v1/losses/cross_entropy",
+        b'{"inputs": {"input": [[1.0, 2.0]], "target": [18446744073709551516]}}',
+        JSON,
+        400,
+    ),
+    (
+        "huge dimensions, no data",
+        "/v1/losses/mse",
+        b'{"inputs": {"input": {"dtype": "float32", "shape": [1099511627776, 1099511627776, 0], "data": []},'
+        b' "target": [1.0]}}',
+        JSON,
+        413,
+    ),
+    (
+        "dtype not a name",
+        "/v1/losses/mse",
+        b'{"inputs": {"input": {"dtype": [], "shape": [1], "data": [1]}, "target": [1.0]}}',
+        JSON,
+        400,
+    ),
+    (
+        "string param",
+        "/v1/losses/mse",
+        b'{"inputs": {"input": [1.0], "target": [2.0]}, "params": {"half": "yes"}}',
+        JSON,
+        422,
+    ),
 ]
 
 
