@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -29,6 +30,22 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def free_port_outside_ephemeral(low: int = 20000, high: int = 30000) -> int:
+    """A free port that the kernel does not hand out for bind(0) (ephemeral range 32768-60999 by default) and
+    that Ray does not pick for its workers (10002-19999): for a server started after other processes that
+    take ports of their own, such as Ray's metrics exporter."""
+    rng = random.Random()
+    for _ in range(100):
+        port = rng.randrange(low, high)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port in [{low}, {high})")
 
 
 @contextlib.contextmanager

@@ -17,7 +17,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load, save
-from serverutil import free_port
+from serverutil import free_port_outside_ephemeral
 
 pytest.importorskip("ray.serve", reason="ray[serve] is not installed")
 pytestmark = pytest.mark.ray
@@ -29,7 +29,8 @@ START_TIMEOUT_S = 240.0  # Ray, its controller and proxy, and two replicas impor
 
 @contextlib.contextmanager
 def ray_lossd(replicas: int) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    port = free_port()
+    # Not a bind(0) port: Ray's own exporters take those while it starts, and one once took ours.
+    port = free_port_outside_ephemeral()
     env = {
         **os.environ,
         "RAY_USAGE_STATS_ENABLED": "0",  # no usage report leaves the machine
@@ -53,7 +54,8 @@ def ray_lossd(replicas: int) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
         while True:
             assert proc.poll() is None, f"lossd --ray exited with {proc.returncode} before it was ready"
             with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(url + "/readyz", timeout=2.0).status_code == 200:
+                r = httpx.get(url + "/readyz", timeout=2.0)
+                if r.status_code == 200 and "x-lossd-replica" in r.headers:  # lossd, not something else there
                     break
             assert time.monotonic() < deadline, "lossd on Ray did not become ready in time"
             time.sleep(0.5)
