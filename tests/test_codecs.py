@@ -355,6 +355,32 @@ def test_loads_large_keeps_the_dtype_checks() -> None:
         assert e.value.status == 400
 
 
+def test_loads_large_keeps_the_dimension_limit() -> None:
+    """A big array nested past MAX_DIMS comes back from the fast path as an ndarray: still a 422."""
+    data: list = [1.5] * 5000
+    for _ in range(20):
+        data = [data]
+    doc = codecs.loads_large(memoryview(codecs.dumps({"inputs": {"x": data}})))
+    assert isinstance(doc, dict) and isinstance(doc["inputs"]["x"], np.ndarray)
+    with pytest.raises(Problem) as e:
+        decode_tensor(doc["inputs"]["x"], ("x",), LIMITS_BIG)
+    assert e.value.status == 422
+
+
+def test_integer_literals_and_declared_dtypes() -> None:
+    """A declared float dtype takes integer literals of any size (JavaScript prints 1e19 as an integer);
+    a declared int64 refuses the float 2**63, which a float64 comparison with its maximum would let wrap."""
+    t = decode_tensor({"dtype": "float32", "shape": [1], "data": [10**19]}, ("x",), LIMITS)
+    assert isinstance(t, torch.Tensor) and t.dtype == torch.float32 and float(t) == pytest.approx(1e19)
+    for data in ([2.0**63], [-(2.0**63) - 4096]):
+        with pytest.raises(Problem) as e:
+            decode_tensor({"dtype": "int64", "shape": [1], "data": data}, ("x",), LIMITS)
+        assert e.value.status == 400
+    low = decode_tensor({"dtype": "int64", "shape": [1], "data": [-(2.0**63)]}, ("x",), LIMITS)
+    high = decode_tensor({"dtype": "int64", "shape": [1], "data": [2**63 - 1]}, ("x",), LIMITS)
+    assert low.tolist() == [-(2**63)] and high.tolist() == [2**63 - 1]  # type: ignore[union-attr]
+
+
 def test_loads_large_invalid_json_is_400() -> None:
     with pytest.raises(Problem) as e:
         codecs.loads_large(memoryview(b'{"inputs": {"x": [1.0, 2.0' + b", 3.0" * 5000))

@@ -347,6 +347,11 @@ def test_work_bounds_hold_per_request_not_only_per_call() -> None:
     with pytest.raises(Problem) as e:
         svc._prepare_composite(memoryview(orjson.dumps({**body, "terms": terms * 2})), None)
     assert e.value.status == 413 and "split the composite" in e.value.detail
+    # One term over its own bound: 413 as well (a limit, not a malformed term), naming the term.
+    zbig = b64(torch.randn(4097, 1))
+    with pytest.raises(Problem) as e:
+        svc._prepare_composite(memoryview(orjson.dumps({"inputs": {"a": zbig, "b": zbig}, "terms": terms})), None)
+    assert e.value.status == 413 and e.value.detail.startswith("term 0 (info_nce)")
     svc.close()
 
     # info_nce's own bound counts D: (2N)^2 within the matrix bound, but (2N)^2*D over the work bound

@@ -101,7 +101,7 @@ class Unavailable(LossdError):
 
 
 class Overloaded(Unavailable):
-    """503 with Retry-After: not ready, queue full or out of device memory; retried."""
+    """503 with Retry-After: not ready, busy (calls or request bytes in flight) or out of device memory; retried."""
 
 
 class DeadlineExceeded(LossdError):

@@ -64,7 +64,7 @@ NONFINITE_IN = {
 
 ST_CODES: dict[torch.dtype, str] = {v: k for k, v in ST_DTYPES.items()}
 
-# _narrow finds overflowing casts itself (np.errstate around every cast would cost a microsecond).
+# _to_float finds overflowing casts itself (np.errstate around every cast would cost a microsecond).
 warnings.filterwarnings("ignore", message="overflow encountered in cast", category=RuntimeWarning)
 
 # No loss takes more; numpy stops at 64 and some torch kernels at 25.
@@ -110,9 +110,10 @@ def _numel(shape: Any, loc: Sequence[str | int], limits: Limits) -> int:
     return math.prod(shape)
 
 
-def _narrow(arr: np.ndarray, target: Any, loc: Sequence[str | int]) -> np.ndarray:
-    """A float array cast to a narrower float dtype; 400 where a finite value overflows to infinity."""
-    out = arr.astype(target)  # numpy's overflow warning is silenced below: this function says it better
+def _to_float(arr: np.ndarray, target: Any, loc: Sequence[str | int]) -> np.ndarray:
+    """An array cast to a float dtype; 400 where a finite value overflows to infinity (1e39 as
+    float32, 70000 as float16)."""
+    out = arr.astype(target)  # numpy's overflow warning is silenced at the top of this module
     # One float64 sum tells whether anything is infinite (or NaN); only then look closer.
     if not math.isfinite(np.add.reduce(out, dtype=np.float64, axis=None)) and bool(
         np.any(np.isinf(out) & np.isfinite(arr))
@@ -140,9 +141,10 @@ def _nonfinite(s: str, loc: Sequence[str | int]) -> float:
         raise _bad(loc, f"unexpected string {s[:20]!r} in numeric data") from None
 
 
-def _without_strings_if_big(obj: list[Any], loc: Sequence[str | int]) -> list[Any]:
-    """A nested list no deeper than MAX_DIMS; if it is big, with "NaN" and "Infinity" already replaced:
-    numpy's inference would otherwise build an array of strings (128 bytes per number) first."""
+def _checked_list(obj: list[Any], loc: Sequence[str | int]) -> list[Any]:
+    """A nested list checked to be no deeper than MAX_DIMS (else 422) and, if it is big, with "NaN" and
+    "Infinity" already replaced: numpy's inference would otherwise build an array of strings (128 bytes
+    per number) first."""
     size, depth = _size_hint(obj)
     if depth > MAX_DIMS:
         raise _too_many_dims(loc, depth)
@@ -152,24 +154,23 @@ def _without_strings_if_big(obj: list[Any], loc: Sequence[str | int]) -> list[An
     return obj
 
 
-def _to_numpy(data: Any, loc: Sequence[str | int]) -> np.ndarray:
-    """Numbers, booleans or rectangular nested lists -> ndarray with numpy's inferred dtype."""
-    if isinstance(data, list):
-        data = _without_strings_if_big(data, loc)
+def _to_numpy(data: Any, loc: Sequence[str | int], int64: bool = True, checked: bool = False) -> np.ndarray:
+    """Numbers, booleans or rectangular nested lists -> ndarray with numpy's inferred dtype.
+
+    ``int64``: integer data must fit int64, its inferred dtype (not so where a float dtype is declared).
+    ``checked``: the list has been through :func:`_checked_list` already.
+    """
+    if isinstance(data, list) and not checked:
+        data = _checked_list(data, loc)
     try:
         arr = np.asarray(data)
     except (ValueError, OverflowError):
-        depth = 0
-        while isinstance(data, list) and data:
-            data, depth = data[0], depth + 1
-        if depth > MAX_DIMS:
-            raise _too_many_dims(loc, depth) from None
         raise _bad(loc, "data is not a rectangular array of numbers") from None
     if arr.dtype.kind in "US":
         arr = _to_numpy(_replace_nonfinite(data, loc), loc)
     if arr.dtype.kind not in "biuf":
         raise _bad(loc, "data is not a rectangular array of numbers or booleans")
-    if arr.dtype.kind == "u" or (arr.dtype.kind == "f" and arr.size and _all_ints_over_int64(data, arr)):
+    if int64 and (arr.dtype.kind == "u" or (arr.dtype.kind == "f" and arr.size and _all_ints_over_int64(data, arr))):
         # numpy reads integers of 2**63 and over as uint64, or as float64 beside smaller ones
         raise _bad(loc, "integer data out of range for int64")
     if arr.ndim > MAX_DIMS:
@@ -228,13 +229,15 @@ def _cast(arr: np.ndarray, dtype: str, loc: Sequence[str | int]) -> np.ndarray:
                 raise _bad(loc, f"data is not integral, declared dtype {dtype}")
         if arr.size and arr.dtype.kind in "iuf":
             info = np.iinfo(target)
-            if bool(arr.min() < info.min) or bool(arr.max() > info.max):
+            # For floats the top is exclusive: float(2**63 - 1) is 2**63, which int64 cannot hold.
+            over = arr.max() >= float(info.max) + 1 if arr.dtype.kind == "f" else arr.max() > info.max
+            if bool(arr.min() < info.min) or bool(over):
                 raise _bad(loc, f"data out of range for dtype {dtype}")
     elif target.kind == "b" and arr.dtype.kind != "b":
         if arr.size and not bool(np.all((arr == 0) | (arr == 1))):
             raise _bad(loc, "data is not boolean (0/1, true/false), declared dtype bool")
     elif target.kind == "f" and (arr.dtype.kind in "iu" or target.itemsize < arr.dtype.itemsize):
-        return _narrow(arr, target, loc)  # 70000 is no float16
+        return _to_float(arr, target, loc)  # 70000 is no float16
     return arr.astype(target)
 
 
@@ -258,7 +261,7 @@ def decode_tensor(obj: Any, loc: Sequence[str | int], limits: Limits, text_ok: b
     if text_ok and isinstance(obj, list) and not obj:
         return []
     if isinstance(obj, list):
-        obj = _without_strings_if_big(obj, loc)
+        obj = _checked_list(obj, loc)
     if isinstance(obj, list) and _first_leaf_is_float(obj):
         # The common case, numbers only. numpy's own inference decides (asking it for float32
         # directly would also read None as NaN and "1.5" as a number); anything but floats
@@ -270,7 +273,7 @@ def decode_tensor(obj: Any, loc: Sequence[str | int], limits: Limits, text_ok: b
         if arr64 is not None and arr64.dtype.kind == "f" and arr64.ndim <= MAX_DIMS:
             if arr64.size > limits.max_elements:
                 raise _too_large(loc, arr64.size, limits)
-            return torch.from_numpy(_narrow(arr64, np.float32, loc))
+            return torch.from_numpy(_to_float(arr64, np.float32, loc))
     if isinstance(obj, str):
         if obj in NONFINITE_IN:
             return torch.tensor(NONFINITE_IN[obj], dtype=torch.float32)
@@ -278,15 +281,17 @@ def decode_tensor(obj: Any, loc: Sequence[str | int], limits: Limits, text_ok: b
     if obj is None:
         raise _bad(loc, "expected a tensor, got null")
     if isinstance(obj, np.ndarray):  # from loads_large: int64 or float64, inferred as ever
+        if obj.ndim > MAX_DIMS:
+            raise _too_many_dims(loc, obj.ndim)
         if obj.size > limits.max_elements:
             raise _too_large(loc, obj.size, limits)
-        return torch.from_numpy(_narrow(obj, np.float32, loc) if obj.dtype.kind == "f" else obj)
-    arr = _to_numpy(obj, loc)
+        return torch.from_numpy(_to_float(obj, np.float32, loc) if obj.dtype.kind == "f" else obj)
+    arr = _to_numpy(obj, loc, checked=True)
     if arr.size > limits.max_elements:
         raise _too_large(loc, arr.size, limits)
     kind = arr.dtype.kind
     if kind == "f":
-        arr = _narrow(arr, np.float32, loc)
+        arr = _to_float(arr, np.float32, loc)
     elif kind == "i":
         arr = arr.astype(np.int64)
     return _from_numpy(arr, None, loc)
@@ -308,7 +313,8 @@ def _decode_object(obj: dict[str, Any], loc: Sequence[str | int], limits: Limits
         raise _bad(loc, "a tensor object needs exactly one of data or b64")
     if has_b64:
         return _decode_b64(obj["b64"], dtype, shape, n, loc)
-    arr = _to_numpy(obj["data"], loc)
+    # A declared float dtype takes integer literals of any size (JavaScript writes 1e19 as 10000000000000000000).
+    arr = _to_numpy(obj["data"], loc, int64=NP_DTYPES[dtype].kind != "f")
     if arr.size != n:
         raise _bad(loc, f"data has {arr.size} elements, shape {shape} needs {n}")
     if arr.shape != tuple(shape) and arr.ndim != 1:

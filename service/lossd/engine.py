@@ -3,8 +3,9 @@
 Split in two on purpose: :meth:`Engine.prepare` runs on the host and refuses anything
 bad (unknown inputs, wrong dtypes, shapes, index ranges) before a tensor reaches the device,
 so a client's class index of 10**9 is a 422 rather than a CUDA device-side assert that
-would take the process down for every tenant. :meth:`Engine.run` does the device work and
-is called from a worker thread, never from the event loop.
+would take the process down for every tenant. :meth:`Engine.run` does the device work, on the
+device's worker thread; only small, linear CPU calls run on the event loop (see
+:meth:`Dispatcher.submit`).
 """
 
 from __future__ import annotations
@@ -244,7 +245,7 @@ class Engine:
         inp = spec.input(name)
         return inp is not None and inp.kind in ("float", "float_or_index", "mask")
 
-    # -- device side (worker thread) -------------------------------------------------------
+    # -- device side (the worker thread; small CPU calls on the event loop) ----------------
 
     def run(self, call: Call) -> Result:
         """Run one prepared call on the device; OOM becomes 503, other runtime errors 422."""
@@ -406,7 +407,8 @@ class Dispatcher:
         self.retry_after_s = retry_after_s
         self.max_inflight_bytes = max_inflight_bytes
         self.body_bytes = 0
-        # Accounting hooks: a request refused ("busy": no slot; "deadline": 504) and a call run (its device seconds).
+        # Accounting hooks: a request refused ("busy": no slot; "memory": no byte budget; "deadline": 504)
+        # and a call run (its device seconds).
         self.on_refused = on_refused
         self.on_ran = on_ran
         self.admitted = 0
@@ -430,9 +432,9 @@ class Dispatcher:
             self.on_refused(reason)
         return problem
 
-    def _over_budget(self, nbytes: int, own: int = 0) -> Problem | None:
-        """503 if ``nbytes`` more (for a request already holding ``own``) would pass the byte budget
-        while other requests' bodies are in flight."""
+    def _refuse_over_budget(self, nbytes: int, own: int = 0) -> Problem | None:
+        """The 503 (counted as refused) if ``nbytes`` more, for a request already holding ``own``,
+        would pass the byte budget while other requests' bodies are in flight; else None."""
         limit = self.max_inflight_bytes
         if limit is None or self.body_bytes == own or self.body_bytes + nbytes <= limit:
             return None
@@ -530,7 +532,7 @@ class Slot:
         d = self.dispatcher
         if d.admitted >= d.max_concurrency:
             raise d._refuse("busy", d.busy())
-        if self.nbytes and (p := d._over_budget(self.nbytes)) is not None:
+        if self.nbytes and (p := d._refuse_over_budget(self.nbytes)) is not None:
             raise p
         d.admitted += 1
         d.body_bytes += self.nbytes
@@ -539,7 +541,7 @@ class Slot:
     def grow(self, nbytes: int) -> None:
         """Count ``nbytes`` more of body (a chunked body, as it arrives); 503 past the byte budget."""
         d = self.dispatcher
-        p = d._over_budget(nbytes, self.nbytes)
+        p = d._refuse_over_budget(nbytes, self.nbytes)
         if p is not None:
             raise p
         d.body_bytes += nbytes

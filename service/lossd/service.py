@@ -1,7 +1,7 @@
 """The service: turns request bodies into engine calls and results into response bodies.
 
-Everything here is transport-level glue between the codecs and the engine; the HTTP
-handlers in :mod:`lossd.app` only pick the method and wrap the bytes in a response.
+Everything here is transport-level glue between the codecs and the engine; the compute
+endpoints in :mod:`lossd.endpoints` only read the request and send the bytes back.
 """
 
 from __future__ import annotations
@@ -209,9 +209,9 @@ class Service:
         self, spec: LossSpec, body: memoryview, binary_in: bool, binary_out: bool, deadline: float
     ) -> bytes | list[memoryview]:
         """One loss call: the response body (safetensors chunks when ``binary_out``). Small bodies
-        are handled on the event loop and, on the CPU, computed there too (a thread hand-off
-        costs more than their microseconds of work); large ones are decoded and encoded on the
-        host pool and computed on the device worker."""
+        are decoded and encoded on the event loop and, on the CPU, computed there too when the
+        call is also little work (a thread hand-off costs more than its microseconds); the rest
+        is decoded and encoded on the host pool and computed on the device worker."""
         small = self._small(body)
         call, b64 = await self._host(small, self.decode_call, spec, body, binary_in)
         inline = small and self._light([call])
@@ -348,9 +348,9 @@ class Service:
                 call = self.engines[0].prepare(spec, {k: shared[v] for k, v in refs.items()}, t.get("params"), False)
             except Problem as p:
                 errors = [{"loc": [*where, *e["loc"]], "msg": e["msg"]} for e in (p.errors or [])]
-                raise Problem(
-                    p.status if p.status == 503 else 422, f"term {i} ({spec.name}): {p.detail}", errors=errors or None
-                ) from None
+                # Limits keep their status (413 over a work bound, 503 unavailable); the rest is a 422.
+                status = p.status if p.status in (413, 503) else 422
+                raise Problem(status, f"term {i} ({spec.name}): {p.detail}", errors=errors or None) from None
             terms.append(CompositeTerm(call, float(weight), dict(refs)))
             used.update(refs.values())
         share = sum(_work(t.call) for t in terms)

@@ -101,11 +101,10 @@ class LossSpec:
     check: CheckFn | None = None
     reference: str = ""
     host_only: bool = False
-    # Work that grows faster than the inputs (pairwise similarities, alignment lattices, a
-    # network): such a loss never runs on the event loop, however small its body.
-    superlinear: bool = False
-    # The share of the per-call work bound that a call takes (checked inputs -> 0..1, the check
-    # refusing more with 413); a batch or composite may not take more than one call's bound in all.
+    # A loss whose work grows faster than its inputs (pairwise similarities, alignment lattices,
+    # a network) is bounded per call: ``work`` gives the share of that bound a call takes (checked
+    # inputs -> 0..1; the check refuses more with 413). Such a loss never runs on the event loop,
+    # however small its body, and a batch or composite takes at most one call's bound in all.
     work: Callable[[Mapping[str, Any]], float] | None = None
     # A loss that needs operator configuration (perceptual's weights) names the setting in
     # ``requires`` and gives ``load(setting_value, device)``, called once per device engine at
@@ -121,6 +120,10 @@ class LossSpec:
         if f is None:
             return ()
         return tuple(get_args(f.annotation))
+
+    @property
+    def superlinear(self) -> bool:
+        return self.work is not None
 
     @property
     def differentiable(self) -> tuple[str, ...]:

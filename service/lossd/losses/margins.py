@@ -387,7 +387,6 @@ MULTILABEL_MARGIN = LossSpec(
     params=Reduced,
     check=_check_multilabel_margin,
     reference="torch.nn.functional.multilabel_margin_loss",
-    superlinear=True,
     work=lambda inputs: _multilabel_comparisons(inputs) / MAX_MULTILABEL_WORK,
 )
 

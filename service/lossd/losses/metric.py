@@ -301,7 +301,6 @@ INFO_NCE = LossSpec(
     params=InfoNCEParams,
     check=_check_info_nce,
     reference="float64 numpy NT-Xent in the tests, gradcheck",
-    superlinear=True,
     work=_info_nce_work,
 )
 

@@ -159,7 +159,6 @@ PERCEPTUAL = LossSpec(
     reference="float64 F.conv2d/relu/max_pool2d chain written in the tests, and gradcheck",
     requires="vgg16_weights",
     load=load_vgg16,
-    superlinear=True,
     work=lambda inputs: _pixels(inputs) / MAX_PERCEPTUAL_PIXELS,
 )
 

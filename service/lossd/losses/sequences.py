@@ -194,7 +194,6 @@ CTC = LossSpec(
     params=CTCParams,
     check=_check_ctc,
     reference="torch.nn.functional.ctc_loss (values); central finite differences / gradcheck in float64 (gradients)",
-    superlinear=True,
     work=lambda inputs: _ctc_cells(inputs) / MAX_CTC_CELLS,
 )
 
@@ -339,7 +338,6 @@ EDIT_DISTANCE = LossSpec(
     check=_check_edit_distance,
     reference="a pure-Python dynamic-programming Levenshtein in the tests",
     host_only=True,
-    superlinear=True,
     work=lambda inputs: _edit_cells(inputs) / MAX_EDIT_CELLS,
 )
 
