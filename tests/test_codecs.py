@@ -367,6 +367,22 @@ def test_loads_large_keeps_the_dimension_limit() -> None:
     assert e.value.status == 422
 
 
+def test_loads_large_leaves_declared_shapes_as_lists() -> None:
+    """Only a tensor object's "data" is numeric: a long "shape" stays a list, so the answer (422, too many
+    dimensions) is the one a small body gets."""
+    doc_in = {"inputs": {"x": {"dtype": "float32", "shape": [1] * 5000, "data": [1.0]}, "pad": "-" * (1 << 20)}}
+    fast = codecs.loads_large(memoryview(codecs.dumps(doc_in)))
+    assert isinstance(fast, dict) and fast["inputs"]["x"]["shape"] == [1] * 5000
+    for doc in (fast, codecs.loads(memoryview(codecs.dumps(doc_in)))):
+        with pytest.raises(Problem) as e:
+            decode_tensor(doc["inputs"]["x"], ("x",), LIMITS_BIG)  # type: ignore[index]
+        assert e.value.status == 422
+    # ...while its data still takes the fast path
+    big = {"inputs": {"x": {"dtype": "float64", "shape": [5000], "data": [0.5] * 5000}}}
+    fast = codecs.loads_large(memoryview(codecs.dumps(big) + b" " * (1 << 20)))
+    assert isinstance(fast, dict) and isinstance(fast["inputs"]["x"]["data"], np.ndarray)
+
+
 def test_integer_literals_and_declared_dtypes() -> None:
     """A declared float dtype takes integer literals of any size (JavaScript prints 1e19 as an integer);
     a declared int64 refuses the float 2**63, which a float64 comparison with its maximum would let wrap."""

@@ -65,7 +65,9 @@ NONFINITE_IN = {
 ST_CODES: dict[torch.dtype, str] = {v: k for k, v in ST_DTYPES.items()}
 
 # _to_float finds overflowing casts itself (np.errstate around every cast would cost a microsecond).
-warnings.filterwarnings("ignore", message="overflow encountered in cast", category=RuntimeWarning)
+# Likewise one reduction over +inf and -inf (both sent as such) is NaN, which is all that is asked of it.
+warnings.filterwarnings("ignore", "overflow encountered in cast", RuntimeWarning, r"lossd\.codecs")
+warnings.filterwarnings("ignore", "invalid value encountered in reduce", RuntimeWarning, r"lossd\.codecs")
 
 # No loss takes more; numpy stops at 64 and some torch kernels at 25.
 MAX_DIMS = 16
@@ -470,9 +472,12 @@ def _parse_large(body: memoryview) -> Any:
 def _convert(node: Any, brackets: list[int], tensors: bool) -> Any:
     if isinstance(node, simdjson.Object):
         out = {}
-        for k in node.keys():  # items() would convert every value to Python objects
+        keys = list(node.keys())  # items() would convert every value to Python objects
+        # In a tensor object only "data" holds numbers; its "shape" stays a list as in loads().
+        tensor_object = tensors and "dtype" in keys
+        for k in keys:
             brackets[0] += k.count("[")
-            out[k] = _convert(node[k], brackets, tensors or k == "inputs")
+            out[k] = _convert(node[k], brackets, (tensors and (k == "data" or not tensor_object)) or k == "inputs")
         return out
     if isinstance(node, simdjson.Array):
         if tensors:
