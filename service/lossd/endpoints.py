@@ -97,27 +97,29 @@ def _text(headers: Headers, name: bytes) -> str | None:
     return None if v is None else v.decode("latin-1")
 
 
-def declared_length(headers: Headers, limit: int) -> int:
-    """The Content-Length, where there is a valid one within ``limit`` (else 0: read_body says why)."""
+def content_length(headers: Headers) -> int | None:
+    """The Content-Length (None for a chunked body); 400 if it is not a number."""
     cl = headers.get(b"content-length")
-    if cl is None or not cl.isdigit():
-        return 0
-    n = int(cl)
-    return n if n <= limit else 0
+    if cl is None:
+        return None
+    try:
+        return int(cl)
+    except ValueError:
+        raise Problem(400, "invalid Content-Length") from None
 
 
 async def read_body(
-    receive: Receive, headers: Headers, limit: int, writable: bool, grow: Callable[[int], None] | None = None
+    receive: Receive, length: int | None, limit: int, writable: bool, grow: Callable[[int], None]
 ) -> memoryview:
-    """The request body, refused with 413 as soon as it is known to be over the limit.
+    """The request body of :func:`content_length` ``length``, refused with 413 as soon as it is
+    known to be over the limit.
 
     A body that arrives in one message is used as it is (no copy) unless ``writable`` is asked
     for (safetensors tensors are views over the body, and torch wants writable memory). With a
     Content-Length, larger bodies are gathered into one uninitialised buffer allocated up front.
     A body without one (chunked) is counted through ``grow`` as it arrives.
     """
-    cl = headers.get(b"content-length")
-    if cl is None:
+    if length is None:
         chunked = bytearray()
         while True:
             message = await receive()
@@ -127,14 +129,11 @@ async def read_body(
             chunked += piece
             if len(chunked) > limit:
                 raise Problem(413, f"body is over the limit of {limit} bytes")
-            if grow is not None and piece:
+            if piece:
                 grow(len(piece))
             if not message.get("more_body", False):
                 return memoryview(chunked)
-    try:
-        n = int(cl)
-    except ValueError:
-        raise Problem(400, "invalid Content-Length") from None
+    n = length
     if n > limit:
         raise Problem(413, f"body of {n} bytes is over the limit of {limit} bytes")
     message = await receive()
@@ -216,11 +215,16 @@ class ComputeEndpoints:
         self.timeouts = BodyTimeouts(service.settings.body_timeout_s)
 
     async def _read(self, receive: Receive, headers: Headers, writable: bool, slot: Slot) -> memoryview:
-        """The body (see :func:`read_body`), or 408 if it does not arrive in time."""
+        """The body (see :func:`read_body`), counted against the slot's byte budget from its
+        Content-Length; 408 if it does not arrive in time."""
+        limit = self.svc.settings.max_body_bytes
+        length = content_length(headers)
+        if length is not None and length <= limit:  # over the limit, read_body answers 413
+            slot.grow(length)
         task: asyncio.Task[object] = asyncio.current_task()  # type: ignore[assignment]
         self.timeouts.start(task, asyncio.get_running_loop())
         try:
-            return await read_body(receive, headers, self.svc.settings.max_body_bytes, writable, slot.grow)
+            body = await read_body(receive, length, limit, writable, slot.grow)
         except asyncio.CancelledError:
             if not self.timeouts.done(task):
                 raise  # cancelled by someone else (the server shutting down)
@@ -229,8 +233,11 @@ class ComputeEndpoints:
             raise Problem(
                 408, f"the body did not arrive within {timeout:g} s", headers={"Connection": "close"}
             ) from None
-        finally:
+        except BaseException:
             self.timeouts.done(task)
+            raise
+        self.timeouts.done(task)
+        return body
 
     @staticmethod
     def route(scope: Scope) -> tuple[str, str] | None:
@@ -297,7 +304,7 @@ class ComputeEndpoints:
         binary_in = content_kind(headers)
         binary_out = binary_in or wants_safetensors(headers.get(b"accept"))
         deadline = svc.deadline(_text(headers, b"x-deadline-ms"))
-        with svc.dispatcher.slot(declared_length(headers, svc.settings.max_body_bytes)) as slot:
+        with svc.dispatcher.slot() as slot:
             body = await self._read(receive, headers, binary_in, slot)
             content = await svc.compute(spec, body, binary_in, binary_out, deadline)
         return content, SAFETENSORS_MEDIA if binary_out else JSON_MEDIA
@@ -315,6 +322,6 @@ class ComputeEndpoints:
         if content_kind(headers):
             raise Problem(415, "batch and composite bodies are JSON")
         deadline = svc.deadline(_text(headers, b"x-deadline-ms"))
-        with svc.dispatcher.slot(declared_length(headers, svc.settings.max_body_bytes)) as slot:
+        with svc.dispatcher.slot() as slot:
             body = await self._read(receive, headers, False, slot)
             return await run(body, key, deadline), JSON_MEDIA
