@@ -143,17 +143,17 @@ def _nonfinite(s: str, loc: Sequence[str | int]) -> float:
         raise _bad(loc, f"unexpected string {s[:20]!r} in numeric data") from None
 
 
-def _checked_list(obj: list[Any], loc: Sequence[str | int]) -> list[Any]:
+def _checked_list(obj: list[Any], loc: Sequence[str | int]) -> tuple[list[Any], Any]:
     """A nested list checked to be no deeper than MAX_DIMS (else 422) and, if it is big, with "NaN" and
     "Infinity" already replaced: numpy's inference would otherwise build an array of strings (128 bytes
-    per number) first."""
-    size, depth = _size_hint(obj)
+    per number) first. Also its first leaf (the first number, for the float fast path)."""
+    size, depth, leaf = _size_hint(obj)
     if depth > MAX_DIMS:
         raise _too_many_dims(loc, depth)
     if size >= LARGE_ARRAY and _has_strings(obj):
         replaced: list[Any] = _replace_nonfinite(obj, loc)
-        return replaced
-    return obj
+        return replaced, _size_hint(replaced)[2]
+    return obj, leaf
 
 
 def _to_numpy(data: Any, loc: Sequence[str | int], int64: bool = True, checked: bool = False) -> np.ndarray:
@@ -163,7 +163,7 @@ def _to_numpy(data: Any, loc: Sequence[str | int], int64: bool = True, checked: 
     ``checked``: the list has been through :func:`_checked_list` already.
     """
     if isinstance(data, list) and not checked:
-        data = _checked_list(data, loc)
+        data, _ = _checked_list(data, loc)
     try:
         arr = np.asarray(data)
     except (ValueError, OverflowError):
@@ -190,8 +190,9 @@ def _all_ints_over_int64(data: Any, arr: np.ndarray) -> bool:
     return all(type(x) is int for x in leaves)
 
 
-def _size_hint(obj: list[Any]) -> tuple[int, int]:
-    """(element count, depth) of a nested list if it is rectangular (read off its first elements)."""
+def _size_hint(obj: list[Any]) -> tuple[int, int, Any]:
+    """(element count, depth, first leaf) of a nested list if it is rectangular (read off its first
+    elements; the leaf of an empty list is that list)."""
     n, depth = 1, 0
     while isinstance(obj, list):
         n *= len(obj)
@@ -199,7 +200,7 @@ def _size_hint(obj: list[Any]) -> tuple[int, int]:
         if not obj:
             break
         obj = obj[0]
-    return n, depth
+    return n, depth, obj
 
 
 def _has_strings(obj: list[Any]) -> bool:
@@ -212,12 +213,6 @@ def _has_strings(obj: list[Any]) -> bool:
         return str in set(map(type, leaves))
     except TypeError:  # ragged (a number where a list belongs): the general path says so
         return False
-
-
-def _first_leaf_is_float(obj: list[Any]) -> bool:
-    while isinstance(obj, list) and obj:
-        obj = obj[0]
-    return isinstance(obj, float)
 
 
 def _cast(arr: np.ndarray, dtype: str, loc: Sequence[str | int]) -> np.ndarray:
@@ -262,9 +257,10 @@ def decode_tensor(obj: Any, loc: Sequence[str | int], limits: Limits, text_ok: b
         return list(obj)
     if text_ok and isinstance(obj, list) and not obj:
         return []
+    leaf = None
     if isinstance(obj, list):
-        obj = _checked_list(obj, loc)
-    if isinstance(obj, list) and _first_leaf_is_float(obj):
+        obj, leaf = _checked_list(obj, loc)
+    if isinstance(leaf, float):
         # The common case, numbers only. numpy's own inference decides (asking it for float32
         # directly would also read None as NaN and "1.5" as a number); anything but floats
         # (strings such as "NaN", None, ragged nesting) goes the general way, which says why.
@@ -580,10 +576,9 @@ def read_safetensors(body: memoryview | bytearray, limits: Limits) -> tuple[dict
         if not (isinstance(offs, list) and len(offs) == 2 and all(type(o) is int for o in offs)):
             raise _bad(loc, "data_offsets must be [begin, end]")
         begin, end = offs
-        dtype = ST_DTYPES[info["dtype"]]
-        itemsize = dtype.itemsize
-        if not (0 <= begin <= end and base + end <= len(body)) or end - begin != numel * itemsize:
-            raise _bad(loc, f"data_offsets {offs} do not match shape {shape} and dtype {info['dtype']}")
+        dtype = ST_DTYPES[code]
+        if not (0 <= begin <= end and base + end <= len(body)) or end - begin != numel * dtype.itemsize:
+            raise _bad(loc, f"data_offsets {offs} do not match shape {shape} and dtype {code}")
         plan.append((name, dtype, shape, base + begin, numel))
     # As the format requires: the tensors' data tile the byte buffer, without overlaps or holes.
     pos = base
