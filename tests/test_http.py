@@ -113,6 +113,9 @@ def test_404_names_closest(server: Server) -> None:
     body = assert_problem(post(server, "/v1/losses/CROSS_ENTROPY", json=CE), 404)  # names are exact...
     assert "closest: cross_entropy" in body["detail"]  # ...suggestions ignore case
     assert "closest: " in assert_problem(post(server, "/v1/losses/zzzzzzzz", json=CE), 404)["detail"]
+    # A long unknown name is compared by its start: still named, and the detail does not echo all of it back.
+    body = assert_problem(post(server, "/v1/losses/cross_entropy" + "x" * 20000, json=CE), 404)
+    assert "closest: cross_entropy" in body["detail"] and len(body["detail"]) < 300
     assert_problem(httpx.get(server.url + "/v1/losses/nope_nope"), 404)
     assert_problem(httpx.get(server.url + "/no/such/route"), 404)
 

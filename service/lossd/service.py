@@ -114,10 +114,14 @@ class Service:
     def spec(self, name: str) -> LossSpec:
         spec = self.catalogue.get(name)
         if spec is None:
-            close = self.catalogue.closest(name)
-            hint = f"; closest: {', '.join(close)}" if close else ""
-            raise Problem(404, f"unknown loss {name!r}{hint}")
+            raise Problem(404, self.unknown_loss(name))
         return spec
+
+    def unknown_loss(self, name: str) -> str:
+        """The detail for a name not in the catalogue: the name (its start, if long) and the closest ones."""
+        shown = repr(name) if len(name) <= 80 else f"{name[:80]!r}... ({len(name)} characters)"
+        close = self.catalogue.closest(name)
+        return f"unknown loss {shown}" + (f"; closest: {', '.join(close)}" if close else "")
 
     def admit(self, key: str | None, client: str) -> None:
         if self.draining or not self.ready:
@@ -326,11 +330,7 @@ class Service:
                 raise field_error((*where, sorted(unknown)[0]), "unknown field")
             spec = self.catalogue.get(t["loss"])
             if spec is None:
-                close = self.catalogue.closest(t["loss"])
-                raise field_error(
-                    (*where, "loss"),
-                    f"unknown loss {t['loss']!r}" + (f"; closest: {', '.join(close)}" if close else ""),
-                )
+                raise field_error((*where, "loss"), self.unknown_loss(t["loss"]))
             self.keys.authorize(key, spec.name)
             weight = t.get("weight", 1.0)
             if not isinstance(weight, (int, float)) or isinstance(weight, bool):
