@@ -431,3 +431,31 @@ def test_body_timeouts_cancel_only_stalled_readers_on_each_loop() -> None:
         t0 = time.monotonic()
         assert asyncio.run(scenario()) == ["timed out", "read", "timed out"]
         assert time.monotonic() - t0 < 1
+
+
+def test_failed_batch_calls_leave_no_garbage_cycles() -> None:
+    """A batch's failed calls are kept until it is answered: without their tracebacks, so that a
+    batch of bad calls frees everything by reference counting, not through collector passes."""
+    import gc
+
+    import orjson
+
+    from lossd.service import Service
+
+    svc = Service(Settings(warmup=False, device="cpu"))
+    bad = [
+        {"loss": "mse", "inputs": {"input": [1.0], "target": [2.0]}, "params": {"reduction": "bogus"}},
+        {"loss": "no_such_loss", "inputs": {}},
+        {"loss": "mse", "inputs": {"input": [[1.0], [2.0, 3.0]], "target": [2.0]}},
+        {"loss": "cross_entropy", "inputs": {"input": [[0.0, 1.0]], "target": [5]}},
+    ]
+    body = memoryview(orjson.dumps({"calls": bad * 8}))
+    gc.collect()
+    gc.disable()
+    try:
+        calls, _ = svc._prepare_batch(body, None)
+        assert all(isinstance(c, Problem) for c in calls) and len(calls) == 32
+        del calls
+        assert gc.collect() == 0
+    finally:
+        gc.enable()

@@ -313,7 +313,7 @@ class Engine:
             try:
                 out.append(self.run(c))
             except Problem as p:
-                out.append(p)
+                out.append(p.bare())
         return out
 
     def run_composite(self, comp: Composite) -> CompositeResult:

@@ -52,6 +52,11 @@ class Problem(Exception):
         errors = [{**e, "loc": [*prefix, *e["loc"]]} for e in self.errors or []]
         return Problem(self.status, f"{where}: {self.detail}", errors=errors, headers=self.headers, type_=self.type)
 
+    def bare(self) -> Problem:
+        """This problem without its traceback and context, to be kept (as a batch's failed call)."""
+        self.__traceback__ = self.__context__ = self.__cause__ = None
+        return self
+
     def body(self) -> dict[str, Any]:
         out: dict[str, Any] = {"type": self.type, "title": self.title, "status": self.status, "detail": self.detail}
         if self.errors:

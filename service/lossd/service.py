@@ -275,7 +275,9 @@ class Service:
                 except Problem as p:
                     raise p.within(("calls", i)) from None
             except Problem as p:
-                calls.append(p)
+                # Without its traceback: kept, it would hold every frame of the failure (and their
+                # tensors) until the batch is answered, and leave cycles for the collector.
+                calls.append(p.bare())
         # Superlinear losses are bounded per call; a batch may not take more than one call's bound in all.
         left = 1.0 + WORK_SLACK
         for i, c in enumerate(calls):
