@@ -150,37 +150,70 @@ def test_deadline_passed_before_run_is_504() -> None:
     asyncio.run(scenario())
 
 
-def test_inline_calls_of_one_loop_turn_run_together_each_with_its_own_outcome() -> None:
-    """Inline calls queued in one turn of the event loop run at its end, one by one: each gets its own
-    result or its own error, a cancelled one is skipped, and the engine's counters come back to zero."""
+def test_small_requests_of_one_loop_turn_go_phase_by_phase_each_with_its_own_outcome() -> None:
+    """Small requests queued in one turn of the event loop are taken at its end phase by phase: every
+    body decoded, then every light call run (in arrival order), then every answer encoded. Each gets its
+    own result or its own error from whichever phase failed; a cancelled one is skipped; work that is not
+    light goes to the device worker; the deadline is checked when a call runs."""
     engine = Engine(CAT, torch.device("cpu"), Settings(warmup=False))
     d = Dispatcher([engine], max_concurrency=64, retry_after_s=1)
-    ran: list[int] = []
+    steps: list[tuple[str, int]] = []
+    loop_thread = threading.current_thread().name
+    threads: dict[int, str] = {}
 
-    def work(engine: Engine, i: int) -> int:
-        ran.append(i)
+    def decode(i: int) -> tuple[int, str]:
+        steps.append(("decode", i))
+        if i == 2:
+            raise Problem(400, "body 2 is bad")
+        return i, f"ctx{i}"
+
+    def run(engine: Engine, i: int) -> int:
+        steps.append(("run", i))
+        threads[i] = threading.current_thread().name
         if i == 3:
             raise Problem(422, "call 3 is bad")
         return i * i
 
+    def encode(result: int, context: str) -> str:
+        steps.append(("encode", result))
+        if result == 16:
+            raise Problem(422, "answer 4 cannot be encoded")
+        return f"{context}={result}"
+
+    def request(i: int, deadline: float | None = None) -> asyncio.Future[str]:
+        return asyncio.ensure_future(
+            d.small(
+                lambda: decode(i),
+                lambda work: work != 7,  # 7 is heavy work: the worker's
+                run,
+                encode,
+                time.monotonic() + 10 if deadline is None else deadline,
+            )
+        )
+
     async def scenario() -> None:
-        tasks = [
-            asyncio.ensure_future(d.submit(work, i, deadline=time.monotonic() + 10, inline=True)) for i in range(8)
-        ]
-        await asyncio.sleep(0)  # every task has queued its call; none has run yet
-        assert ran == [] and engine.inflight == 8
+        tasks = [request(i) for i in range(8)]
+        await asyncio.sleep(0)  # every task has queued its request; none has been decoded yet
+        assert steps == []
         tasks[5].cancel()
         outcomes = await asyncio.gather(*tasks, return_exceptions=True)
-        assert [o for i, o in enumerate(outcomes) if i not in (3, 5)] == [0, 1, 4, 16, 36, 49]
-        assert isinstance(outcomes[3], Problem) and outcomes[3].status == 422
+        assert [outcomes[i] for i in (0, 1, 6, 7)] == ["ctx0=0", "ctx1=1", "ctx6=36", "ctx7=49"]
+        assert [o.status for o in outcomes[2:5] if isinstance(o, Problem)] == [400, 422, 422]
         assert isinstance(outcomes[5], asyncio.CancelledError)
-        assert ran == [0, 1, 2, 3, 4, 6, 7]  # in arrival order, the cancelled one skipped
-        assert engine.inflight == 0 and engine.calls == 8
+        light = [0, 1, 3, 4, 6]
+        assert steps[:13] == [
+            *[("decode", i) for i in (0, 1, 2, 3, 4, 6, 7)],  # the cancelled one skipped
+            *[("run", i) for i in light],
+            ("encode", 0),
+        ]
+        assert {threads[i] for i in light} == {loop_thread} and threads[7].startswith("lossd-cpu")
+        assert engine.inflight == 0 and engine.calls == 6
         with pytest.raises(Problem) as e:  # the deadline is checked when the queued call runs
-            await d.submit(work, 9, deadline=time.monotonic() - 1, inline=True)
-        assert e.value.status == 504 and 9 not in ran
+            await request(9, deadline=time.monotonic() - 1)
+        assert e.value.status == 504 and ("run", 9) not in steps
 
     asyncio.run(scenario())
+    engine.shutdown()
 
 
 def test_worker_calls_of_one_loop_turn_make_one_trip_per_thread() -> None:
@@ -227,9 +260,9 @@ def test_only_small_linear_work_runs_on_the_event_loop(monkeypatch: pytest.Monke
     seen: list[bool] = []
     submit = svc.dispatcher.submit
 
-    async def recording(fn: object, *args: object, deadline: float, inline: bool = False) -> object:
-        seen.append(inline)
-        return await submit(fn, *args, deadline=deadline, inline=inline)
+    async def recording(fn: object, *args: object, deadline: float) -> object:
+        seen[-1] = False  # handed to the device worker
+        return await submit(fn, *args, deadline=deadline)
 
     monkeypatch.setattr(svc.dispatcher, "submit", recording)
     n = INLINE_MAX_ELEMENTS + 1
@@ -256,6 +289,7 @@ def test_only_small_linear_work_runs_on_the_event_loop(monkeypatch: pytest.Monke
         for name, body, _ in calls:
             raw = orjson.dumps(body)
             assert len(raw) <= svc.settings.inline_max_bytes  # every body is small
+            seen.append(True)
             out = orjson.loads(await svc.compute(svc.spec(name), memoryview(raw), False, False, time.monotonic() + 5))
             assert out["loss"] == name
 

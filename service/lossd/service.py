@@ -187,10 +187,8 @@ class Service:
         """Whether calls of a small body are also little work, so that they may run on the event loop."""
         return not any(c.spec.superlinear for c in calls) and sum(c.elements() for c in calls) <= INLINE_MAX_ELEMENTS
 
-    async def _host(self, small: bool, fn: Any, *args: Any) -> Any:
-        """Host-side work (decoding, encoding): inline for small bodies, else on the host pool."""
-        if small:
-            return fn(*args)
+    async def _on_host(self, fn: Any, *args: Any) -> Any:
+        """Host-side work for a large body (decoding, encoding), on the host pool, off the event loop."""
         return await asyncio.get_running_loop().run_in_executor(self.host_pool, fn, *args)
 
     def decode_call(self, spec: LossSpec, body: memoryview, binary_in: bool) -> tuple[Call, bool]:
@@ -213,14 +211,20 @@ class Service:
         self, spec: LossSpec, body: memoryview, binary_in: bool, binary_out: bool, deadline: float
     ) -> bytes | list[memoryview]:
         """One loss call: the response body (safetensors chunks when ``binary_out``). Small bodies
-        are decoded and encoded on the event loop and, on the CPU, computed there too when the
-        call is also little work (a thread hand-off costs more than its microseconds); the rest
-        is decoded and encoded on the host pool and computed on the device worker."""
-        small = self._small(body)
-        call, b64 = await self._host(small, self.decode_call, spec, body, binary_in)
-        inline = small and self._light([call])
-        result = await self.dispatcher.submit(Engine.run, call, deadline=deadline, inline=inline)
-        return await self._host(small, self.encode_result, result, b64, binary_out)
+        are decoded and encoded on the event loop, with the others of their turn of the loop
+        (:meth:`Dispatcher.small`), and on the CPU computed there too when the call is also little
+        work; the rest is decoded and encoded on the host pool and computed on the device worker."""
+        if self._small(body):
+            return await self.dispatcher.small(
+                lambda: self.decode_call(spec, body, binary_in),
+                lambda call: self._light([call]),
+                Engine.run,
+                lambda result, b64: self.encode_result(result, b64, binary_out),
+                deadline,
+            )
+        call, b64 = await self._on_host(self.decode_call, spec, body, binary_in)
+        result = await self.dispatcher.submit(Engine.run, call, deadline=deadline)
+        return await self._on_host(self.encode_result, result, b64, binary_out)
 
     def result_json(self, r: Result, b64: bool) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -245,11 +249,17 @@ class Service:
     async def batch(self, body: memoryview, key: str | None, deadline: float) -> bytes:
         """Many calls in one request: decoded and encoded on the host (as single calls are), run
         in one trip to a device worker."""
-        small = self._small(body)
-        calls, b64 = await self._host(small, self._prepare_batch, body, key)
-        inline = small and self._light([c for c in calls if isinstance(c, Call)])
-        results = await self.dispatcher.submit(Engine.run_many, calls, deadline=deadline, inline=inline)
-        return await self._host(small, self._encode_batch, results, b64)
+        if self._small(body):
+            return await self.dispatcher.small(
+                lambda: self._prepare_batch(body, key),
+                lambda calls: self._light([c for c in calls if isinstance(c, Call)]),
+                Engine.run_many,
+                self._encode_batch,
+                deadline,
+            )
+        calls, b64 = await self._on_host(self._prepare_batch, body, key)
+        results = await self.dispatcher.submit(Engine.run_many, calls, deadline=deadline)
+        return await self._on_host(self._encode_batch, results, b64)
 
     def _prepare_batch(self, body: memoryview, key: str | None) -> tuple[list[Call | Problem], bool]:
         obj = self._loads(body)
@@ -299,11 +309,17 @@ class Service:
     # -- composite -----------------------------------------------------------------------
 
     async def composite(self, body: memoryview, key: str | None, deadline: float) -> bytes:
-        small = self._small(body)
-        comp, b64 = await self._host(small, self._prepare_composite, body, key)
-        inline = small and self._light([t.call for t in comp.terms])
-        res = await self.dispatcher.submit(Engine.run_composite, comp, deadline=deadline, inline=inline)
-        return await self._host(small, self._encode_composite, res, b64)
+        if self._small(body):
+            return await self.dispatcher.small(
+                lambda: self._prepare_composite(body, key),
+                lambda comp: self._light([t.call for t in comp.terms]),
+                Engine.run_composite,
+                self._encode_composite,
+                deadline,
+            )
+        comp, b64 = await self._on_host(self._prepare_composite, body, key)
+        res = await self.dispatcher.submit(Engine.run_composite, comp, deadline=deadline)
+        return await self._on_host(self._encode_composite, res, b64)
 
     def _prepare_composite(self, body: memoryview, key: str | None) -> tuple[Composite, bool]:
         obj = self._loads(body)
