@@ -287,6 +287,12 @@ class Engine:
             with torch.inference_mode():
                 value, terms = _value_and_terms(spec.fn(**self._kwargs(call, tensors)))
             return Result(spec.name, value.cpu(), {}, _terms(terms), _unreduced(call))
+        if spec.value_and_grad is not None:
+            closed = spec.value_and_grad(call.grad, **self._kwargs(call, tensors))
+            if closed is not None:
+                value, closed_grads = closed
+                grads = {name: _as(closed_grads[name], call.grad_dtypes[name]).cpu() for name in call.grad}
+                return Result(spec.name, value.cpu(), grads, None, _unreduced(call))
         leaves = []
         for name in call.grad:
             t = tensors[name]

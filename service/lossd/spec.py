@@ -112,6 +112,11 @@ class LossSpec:
     # setting the loss is listed as unavailable and answers 503.
     requires: str | None = None
     load: Callable[[Any, torch.device], Any] | None = None
+    # For the common case of a loss, its value and gradients computed with the very kernels
+    # autograd would run, in the same order (so the same bits), without recording a graph:
+    # ``value_and_grad(grad, **inputs, **params)`` -> (value, {input: gradient}), or None where
+    # it does not apply (then autograd computes them). Worth it only for small, frequent calls.
+    value_and_grad: Callable[..., tuple[torch.Tensor, dict[str, torch.Tensor]] | None] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
