@@ -530,9 +530,10 @@ class Dispatcher:
         phase: every body is decoded, then every light call computed, then every answer encoded.
         Each is computed exactly as it would be alone, in arrival order, with its own outcome; what
         changes is that the code of each phase stays in the CPU's caches across requests rather
-        than being evicted by the next phase and by the HTTP layer. Measured on 2 cores (server on one,
-        wrk on the other), (32,10) cross_entropy with gradients at 32 connections: decode, compute
-        and encode in one place took about 150 µs per call where, phase by phase, they take 115.
+        than being evicted by the next phase and by the HTTP layer. (32,10) cross_entropy with
+        gradients, 16 calls in-process: 150 µs a call from body to answer one after another, 115
+        phase by phase; served on one core with wrk on the other at 32 connections, 1.2x the
+        requests per second of handling each request from body to answer in its own task.
         """
         loop = asyncio.get_running_loop()
         job = _Small(decode, light, run, encode, deadline, loop.create_future())
