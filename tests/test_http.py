@@ -671,13 +671,17 @@ def test_concurrent_small_calls_each_get_their_own_answer(server: Server) -> Non
         assert torch.allclose(torch.tensor(out["grads"]["input"]["data"]).reshape(4, 5), xr.grad, atol=1e-7)
 
 
-def test_unexpected_errors_are_500_problems_with_one_request_id(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A bug (not a client error) answers 500 as problem+json, once, carrying the request id, on both paths."""
-    from lossd.app import create_app
+@pytest.mark.parametrize("front", [False, True], ids=["fastapi-app", "served"])
+def test_unexpected_errors_are_500_problems_with_one_request_id(monkeypatch: pytest.MonkeyPatch, front: bool) -> None:
+    """A bug (not a client error) answers 500 as problem+json, once, carrying the request id, on both paths:
+    inside FastAPI's stack (as Ray Serve runs it) and in front of it (as ``lossd serve`` does)."""
+    from lossd.app import create_app, served
     from lossd.settings import Settings
 
-    app = create_app(Settings(warmup=False))
-    svc = app.state.service
+    fastapi_app = create_app(Settings(warmup=False))
+    app = served(fastapi_app) if front else fastapi_app
+    assert (app is fastapi_app) != front
+    svc = fastapi_app.state.service
     svc.ready = True
 
     async def broken(*args: object, **kwargs: object) -> bytes:
@@ -697,4 +701,17 @@ def test_unexpected_errors_are_500_problems_with_one_request_id(monkeypatch: pyt
     for r, rid in zip(asyncio.run(scenario()), ["r1", "r2"]):
         assert_problem(r, 500)
         assert r.headers.get_list("x-request-id") == [rid]
+    metrics = svc.metrics.render().decode()
+    assert 'endpoint="/v1/losses/{name}",loss="mse",method="POST",status="500"} 1.0' in metrics
+    assert 'endpoint="/v1/info",loss="",method="GET",status="500"} 1.0' in metrics  # counted once, not twice
     svc.close()
+
+
+def test_served_app_keeps_compute_inside_fastapi_when_tracing() -> None:
+    """With LOSSD_OTEL on, FastAPI's tracing must see compute requests: ``served`` is then the app itself."""
+    from lossd.app import create_app, served
+    from lossd.settings import Settings
+
+    app = create_app(Settings(warmup=False, otel=True))
+    assert served(app) is app
+    app.state.service.close()

@@ -46,7 +46,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return serve_on_ray(settings)
 
-    from lossd.app import create_app
+    from lossd.app import create_app, served
     from lossd.shutdown import GracefulServer
 
     try:
@@ -55,7 +55,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"lossd: {e}", file=sys.stderr)
         return 2
     config = uvicorn.Config(
-        app,
+        served(app),
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
