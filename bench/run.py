@@ -205,27 +205,45 @@ def paths(name: str) -> tuple[str, str]:
     return ("/v1/losses/cross_entropy", "/v1/losses/mse") if name == "lossd" else ("/cross_entropy", "/mse")
 
 
+# Servers that sit idle while another is measured (LitServe's workers poll, so it runs alone).
+INTERLEAVED = ("lossd", "naive", "bare")
+
+
 def run_w1(a: argparse.Namespace, servers: list[str]) -> dict[str, Any]:
-    """Small cross_entropy calls with gradients over JSON, closed-loop at each concurrency."""
+    """Small cross_entropy calls with gradients over JSON, closed-loop at each concurrency.
+
+    lossd, the naive peer and the bare endpoint run side by side (idle but for the one being
+    measured) and are measured in turns, each run of each at every concurrency, so that a slow
+    spell of a shared machine falls on all of them rather than on whichever was running then.
+    """
     b = wl.bodies(*wl.ce_tensors(*wl.W1_SHAPE))
+    groups = [[n for n in servers if n in INTERLEAVED]] + [[n] for n in servers if n not in INTERLEAVED]
     out: dict[str, Any] = {}
-    for name in servers:
-        body = b.lossd_json if name == "lossd" else b.peer_json
-        with server(name, a.server_cpus, a.device, a.threads) as s:
-            wrk(s.url(paths(name)[0]), body, JSON, 8, 1, a.client_cpus)  # warm-up
-            out[name] = {}
+    for group in [g for g in groups if g]:
+        with contextlib.ExitStack() as stack:
+            running = {n: stack.enter_context(server(n, a.server_cpus, a.device, a.threads)) for n in group}
+            bodies = {n: b.lossd_json if n == "lossd" else b.peer_json for n in group}
+            for n, s in running.items():
+                wrk(s.url(paths(n)[0]), bodies[n], JSON, 8, 1, a.client_cpus)  # warm-up
+                out[n] = {}
             for c in a.concurrency:
-                # Best of several runs: on a shared machine noise only ever lowers throughput, so the
-                # fastest run is the closest to what the server can do, for every server alike.
-                runs = [wrk(s.url(paths(name)[0]), body, JSON, c, a.duration, a.client_cpus) for _ in range(a.w1_runs)]
-                for r in runs:
-                    if r["non_2xx"]:
-                        raise RuntimeError(
-                            f"W1 {name} c={c}: {r['non_2xx']} non-2xx responses; its numbers would be meaningless"
-                        )
-                r = {**max(runs, key=lambda x: x["rps"]), "runs_rps": [x["rps"] for x in runs]}
-                out[name][str(c)] = r
-                log(f"W1 {name} c={c}: {r['rps']:.0f} req/s p50 {r['p50_ms']:.2f} ms p99 {r['p99_ms']:.2f} ms")
+                runs: dict[str, list[dict[str, float]]] = {n: [] for n in group}
+                for _ in range(a.w1_runs):
+                    for n, s in running.items():
+                        r = wrk(s.url(paths(n)[0]), bodies[n], JSON, c, a.duration, a.client_cpus)
+                        if r["non_2xx"]:
+                            raise RuntimeError(
+                                f"W1 {n} c={c}: {r['non_2xx']} non-2xx responses; its numbers would be meaningless"
+                            )
+                        runs[n].append(r)
+                for n in group:
+                    # Best of the runs: on a shared machine noise only ever lowers throughput, so the
+                    # fastest run is the closest to what the server can do, for every server alike.
+                    best = {**max(runs[n], key=lambda x: x["rps"]), "runs_rps": [x["rps"] for x in runs[n]]}
+                    out[n][str(c)] = best
+                    log(
+                        f"W1 {n} c={c}: {best['rps']:.0f} req/s p50 {best['p50_ms']:.2f} ms p99 {best['p99_ms']:.2f} ms"
+                    )
     return out
 
 
