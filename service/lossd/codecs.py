@@ -363,7 +363,7 @@ def _json_array(t: torch.Tensor) -> tuple[str, Any]:
     name = DTYPE_NAMES[t.dtype]
     if t.dtype == torch.bfloat16:
         t = t.float()
-    arr = t.detach().numpy().ravel()  # a view unless the tensor is not contiguous
+    arr = t.numpy().ravel()  # a view unless the tensor is not contiguous
     # orjson writes NaN and Infinity as null: those go out as strings instead. One sum tells
     # (NaN and infinities make it non-finite; an overflow only sends a finite array the slow way).
     if arr.dtype.kind == "f" and not math.isfinite(np.add.reduce(arr, dtype=np.float64)):
@@ -380,7 +380,10 @@ def float_out(x: float) -> float | str:
 
 
 def encode_tensor(t: torch.Tensor, b64: bool = False) -> dict[str, Any]:
-    t = t.detach().cpu()
+    if t.requires_grad:
+        t = t.detach()
+    if not t.is_cpu:
+        t = t.cpu()
     if b64:
         # reshape(-1): a 0-d tensor cannot be viewed as bytes of another size
         raw = t.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b""
