@@ -48,6 +48,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from lossd.app import create_app, served
     from lossd.shutdown import GracefulServer
+    from lossd.transport import CoalescingHttpToolsProtocol
 
     try:
         app = create_app(settings)
@@ -61,7 +62,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         log_level=settings.log_level,
         access_log=False,
         loop="uvloop",
-        http="httptools",
+        http=CoalescingHttpToolsProtocol,
         # The grace period is spent draining before uvicorn's own shutdown starts; this bounds what is left after it.
         timeout_graceful_shutdown=1,
     )
