@@ -180,11 +180,16 @@ def test_small_requests_of_one_loop_turn_go_phase_by_phase_each_with_its_own_out
             raise Problem(422, "answer 4 cannot be encoded")
         return f"{context}={result}"
 
+    def light(work: int) -> bool:
+        if work == 8:
+            raise RuntimeError("a bug deciding where 8 runs")
+        return work != 7  # 7 is heavy work: the worker's
+
     def request(i: int, deadline: float | None = None) -> asyncio.Future[str]:
         return asyncio.ensure_future(
             d.small(
                 lambda: decode(i),
-                lambda work: work != 7,  # 7 is heavy work: the worker's
+                light,
                 run,
                 encode,
                 time.monotonic() + 10 if deadline is None else deadline,
@@ -192,7 +197,7 @@ def test_small_requests_of_one_loop_turn_go_phase_by_phase_each_with_its_own_out
         )
 
     async def scenario() -> None:
-        tasks = [request(i) for i in range(8)]
+        tasks = [request(i) for i in range(9)]
         await asyncio.sleep(0)  # every task has queued its request; none has been decoded yet
         assert steps == []
         tasks[5].cancel()
@@ -200,13 +205,14 @@ def test_small_requests_of_one_loop_turn_go_phase_by_phase_each_with_its_own_out
         assert [outcomes[i] for i in (0, 1, 6, 7)] == ["ctx0=0", "ctx1=1", "ctx6=36", "ctx7=49"]
         assert [o.status for o in outcomes[2:5] if isinstance(o, Problem)] == [400, 422, 422]
         assert isinstance(outcomes[5], asyncio.CancelledError)
-        light = [0, 1, 3, 4, 6]
-        assert steps[:13] == [
-            *[("decode", i) for i in (0, 1, 2, 3, 4, 6, 7)],  # the cancelled one skipped
-            *[("run", i) for i in light],
+        assert isinstance(outcomes[8], RuntimeError)  # a bug fails its own request only
+        on_loop = [0, 1, 3, 4, 6]
+        assert steps[:14] == [
+            *[("decode", i) for i in (0, 1, 2, 3, 4, 6, 7, 8)],  # the cancelled one skipped
+            *[("run", i) for i in on_loop],
             ("encode", 0),
         ]
-        assert {threads[i] for i in light} == {loop_thread} and threads[7].startswith("lossd-cpu")
+        assert {threads[i] for i in on_loop} == {loop_thread} and threads[7].startswith("lossd-cpu")
         assert engine.inflight == 0 and engine.calls == 6
         with pytest.raises(Problem) as e:  # the deadline is checked when the queued call runs
             await request(9, deadline=time.monotonic() - 1)

@@ -554,6 +554,15 @@ class Dispatcher:
     def _run_small(self) -> None:
         """Take the small requests of the last turn of the event loop phase by phase (:meth:`small`)."""
         jobs, self._small = self._small, []
+        try:
+            self._phases(jobs)
+        finally:
+            # Whatever happened, no request is left waiting (its handler answers 500 for this).
+            for job in jobs:
+                if not job.done.done():
+                    job.done.set_exception(RuntimeError("a small request was left unanswered"))
+
+    def _phases(self, jobs: list[_Small]) -> None:
         decoded: list[tuple[_Small, Any, Any]] = []
         for job in jobs:
             if job.done.cancelled():
@@ -566,12 +575,17 @@ class Dispatcher:
             decoded.append((job, work, context))
         computed: list[tuple[_Small, Any, tuple[bool, Any]]] = []
         for job, work, context in decoded:
-            engine = min(self.engines, key=lambda e: e.inflight)
-            if engine.device.type != "cpu" or not job.light(work):
-                job.done.set_result(_Handoff(work, context))
+            try:
+                engine = min(self.engines, key=lambda e: e.inflight)
+                if engine.device.type != "cpu" or not job.light(work):
+                    job.done.set_result(_Handoff(work, context))
+                    continue
+                engine.calls += 1
+                outcome = self._outcome(job.run, engine, (work,), job.deadline)
+            except Exception as e:
+                job.done.set_exception(e)
                 continue
-            engine.calls += 1
-            computed.append((job, context, self._outcome(job.run, engine, (work,), job.deadline)))
+            computed.append((job, context, outcome))
         for job, context, (ok, value) in computed:
             if not ok:
                 job.done.set_exception(value)
