@@ -499,3 +499,24 @@ def test_failed_batch_calls_leave_no_garbage_cycles() -> None:
         assert gc.collect() == 0
     finally:
         gc.enable()
+
+
+def test_small_calls_of_one_turn_spread_over_cpu_engines() -> None:
+    """With several CPU engines (LOSSD_CPU_ENGINES), the light calls of one turn are shared out, as calls
+    for the workers are (the engines' counters and device metrics), and none stays counted in flight."""
+    engines = [Engine(CAT, torch.device("cpu"), Settings(warmup=False)) for _ in range(2)]
+    d = Dispatcher(engines, max_concurrency=64, retry_after_s=1)
+
+    async def scenario() -> list[int]:
+        deadline = time.monotonic() + 10
+        return await asyncio.gather(
+            *(
+                d.small(lambda i=i: (i, None), lambda w: True, lambda e, w: w, lambda r, c: r, deadline)
+                for i in range(4)
+            )
+        )
+
+    assert asyncio.run(scenario()) == [0, 1, 2, 3]
+    assert [e.calls for e in engines] == [2, 2] and [e.inflight for e in engines] == [0, 0]
+    for e in engines:
+        e.shutdown()

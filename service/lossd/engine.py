@@ -574,18 +574,27 @@ class Dispatcher:
                 continue
             decoded.append((job, work, context))
         computed: list[tuple[_Small, Any, tuple[bool, Any]]] = []
-        for job, work, context in decoded:
-            try:
-                engine = min(self.engines, key=lambda e: e.inflight)
-                if engine.device.type != "cpu" or not job.light(work):
-                    job.done.set_result(_Handoff(work, context))
+        # Counted in flight until the phase ends, so that the calls of a turn spread over the engines
+        # (their metrics and counters; on the loop they all run on its thread).
+        placed: list[Engine] = []
+        try:
+            for job, work, context in decoded:
+                try:
+                    engine = min(self.engines, key=lambda e: e.inflight)
+                    if engine.device.type != "cpu" or not job.light(work):
+                        job.done.set_result(_Handoff(work, context))
+                        continue
+                    engine.inflight += 1
+                    placed.append(engine)
+                    engine.calls += 1
+                    outcome = self._outcome(job.run, engine, (work,), job.deadline)
+                except Exception as e:
+                    job.done.set_exception(e)
                     continue
-                engine.calls += 1
-                outcome = self._outcome(job.run, engine, (work,), job.deadline)
-            except Exception as e:
-                job.done.set_exception(e)
-                continue
-            computed.append((job, context, outcome))
+                computed.append((job, context, outcome))
+        finally:
+            for engine in placed:
+                engine.inflight -= 1
         for job, context, (ok, value) in computed:
             if not ok:
                 job.done.set_exception(value)

@@ -40,7 +40,7 @@ class TurnWriter:
 
     def flush(self) -> None:
         held, self._held = self._held, None
-        if not held or self._transport.is_closing():
+        if not held:
             return
         if len(held) == 1:
             self._transport.write(held[0])
@@ -64,5 +64,13 @@ class TurnWriter:
 class CoalescingHttpToolsProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol writing through a :class:`TurnWriter` (``uvicorn.Config(http=...)``)."""
 
+    transport: TurnWriter  # type: ignore[assignment]
+
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(TurnWriter(transport, self.loop))  # type: ignore[arg-type]
+
+    def eof_received(self) -> None:
+        # A client that shuts down its side after its request (nc -N, some HTTP/1.0 scripts): the
+        # transport closes itself after this returns, and would drop what is still held.
+        self.transport.flush()
+        super().eof_received()
