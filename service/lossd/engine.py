@@ -288,24 +288,25 @@ class Engine:
         spec = call.spec
         # A host-only loss (edit_distance) computes where its inputs already are.
         tensors = dict(call.inputs) if spec.host_only else {k: self._to_device(v) for k, v in call.inputs.items()}
+        kwargs = self._kwargs(call, tensors)
         if not call.grad:
             with torch.inference_mode():
-                value, terms = _value_and_terms(spec.fn(**self._kwargs(call, tensors)))
+                value, terms = _value_and_terms(spec.fn(**kwargs))
             return Result(spec.name, _host(value), {}, _terms(terms), _unreduced(call))
         if spec.value_and_grad is not None:
-            closed = spec.value_and_grad(call.grad, **self._kwargs(call, tensors))
+            closed = spec.value_and_grad(call.grad, **kwargs)
             if closed is not None:
                 value, closed_grads = closed
                 grads = {name: _host(_as(closed_grads[name], call.grad_dtypes[name])) for name in call.grad}
                 return Result(spec.name, _host(value), grads, None, _unreduced(call))
         leaves = []
         for name in call.grad:
-            t = tensors[name]
+            t = kwargs[name]
             assert isinstance(t, torch.Tensor)
             leaf = t.detach().requires_grad_(True)
-            tensors[name] = leaf
+            kwargs[name] = leaf
             leaves.append(leaf)
-        value, terms = _value_and_terms(spec.fn(**self._kwargs(call, tensors)))
+        value, terms = _value_and_terms(spec.fn(**kwargs))
         total = value if value.dim() == 0 else value.sum()
         gs = grad(total, leaves) if total.requires_grad else [None] * len(leaves)
         grads = {}
@@ -448,6 +449,9 @@ class Dispatcher:
         self._queued: dict[Engine, list[_Queued]] = {}
         self._small: list[_Small] = []
 
+    def _least_loaded(self) -> Engine:
+        return min(self.engines, key=lambda e: e.inflight)
+
     def busy(self) -> Problem:
         return Problem(
             503,
@@ -487,7 +491,7 @@ class Dispatcher:
         queued and make one trip to the worker's thread (one per thread of the engine) at its
         end; each answer goes back to the loop as soon as it is ready.
         """
-        engine = min(self.engines, key=lambda e: e.inflight)
+        engine = self._least_loaded()
         engine.inflight += 1
         try:
             loop = asyncio.get_running_loop()
@@ -580,7 +584,7 @@ class Dispatcher:
         try:
             for job, work, context in decoded:
                 try:
-                    engine = min(self.engines, key=lambda e: e.inflight)
+                    engine = self._least_loaded()
                     if engine.device.type != "cpu" or not job.light(work):
                         job.done.set_result(_Handoff(work, context))
                         continue

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -191,6 +191,26 @@ class Service:
         """Host-side work for a large body (decoding, encoding), on the host pool, off the event loop."""
         return await asyncio.get_running_loop().run_in_executor(self.host_pool, fn, *args)
 
+    async def _serve(
+        self,
+        body: memoryview,
+        decode: Callable[[], tuple[Any, Any]],
+        light: Callable[[Any], bool],
+        run: Callable[..., Any],
+        encode: Callable[[Any, Any], Any],
+        deadline: float,
+    ) -> Any:
+        """One request of any endpoint: ``decode()`` -> (work, context), ``run(engine, work)`` -> result,
+        ``encode(result, context)`` -> the answer. A small body goes with the others of its turn of the
+        event loop (:meth:`Dispatcher.small`: decoded and encoded on the loop, computed there too when
+        ``light(work)`` on the CPU); a large one is decoded and encoded on the host pool and computed on
+        a device worker."""
+        if self._small(body):
+            return await self.dispatcher.small(decode, light, run, encode, deadline)
+        work, context = await self._on_host(decode)
+        result = await self.dispatcher.submit(run, work, deadline=deadline)
+        return await self._on_host(encode, result, context)
+
     def decode_call(self, spec: LossSpec, body: memoryview, binary_in: bool) -> tuple[Call, bool]:
         """A request body -> a validated call (host side), and whether tensors go back as base64."""
         if binary_in:
@@ -210,21 +230,16 @@ class Service:
     async def compute(
         self, spec: LossSpec, body: memoryview, binary_in: bool, binary_out: bool, deadline: float
     ) -> bytes | list[memoryview]:
-        """One loss call: the response body (safetensors chunks when ``binary_out``). Small bodies
-        are decoded and encoded on the event loop, with the others of their turn of the loop
-        (:meth:`Dispatcher.small`), and on the CPU computed there too when the call is also little
-        work; the rest is decoded and encoded on the host pool and computed on the device worker."""
-        if self._small(body):
-            return await self.dispatcher.small(
-                lambda: self.decode_call(spec, body, binary_in),
-                lambda call: self._light([call]),
-                Engine.run,
-                lambda result, b64: self.encode_result(result, b64, binary_out),
-                deadline,
-            )
-        call, b64 = await self._on_host(self.decode_call, spec, body, binary_in)
-        result = await self.dispatcher.submit(Engine.run, call, deadline=deadline)
-        return await self._on_host(self.encode_result, result, b64, binary_out)
+        """One loss call: the response body (safetensors chunks when ``binary_out``); where each
+        step runs: :meth:`_serve`."""
+        return await self._serve(
+            body,
+            lambda: self.decode_call(spec, body, binary_in),
+            lambda call: self._light([call]),
+            Engine.run,
+            lambda result, b64: self.encode_result(result, b64, binary_out),
+            deadline,
+        )
 
     def result_json(self, r: Result, b64: bool) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -247,19 +262,15 @@ class Service:
     # -- batch ---------------------------------------------------------------------------
 
     async def batch(self, body: memoryview, key: str | None, deadline: float) -> bytes:
-        """Many calls in one request: decoded and encoded on the host (as single calls are), run
-        in one trip to a device worker."""
-        if self._small(body):
-            return await self.dispatcher.small(
-                lambda: self._prepare_batch(body, key),
-                lambda calls: self._light([c for c in calls if isinstance(c, Call)]),
-                Engine.run_many,
-                self._encode_batch,
-                deadline,
-            )
-        calls, b64 = await self._on_host(self._prepare_batch, body, key)
-        results = await self.dispatcher.submit(Engine.run_many, calls, deadline=deadline)
-        return await self._on_host(self._encode_batch, results, b64)
+        """Many calls in one request, run together in one trip (:meth:`_serve`); a failing call fails alone."""
+        return await self._serve(
+            body,
+            lambda: self._prepare_batch(body, key),
+            lambda calls: self._light([c for c in calls if isinstance(c, Call)]),
+            Engine.run_many,
+            self._encode_batch,
+            deadline,
+        )
 
     def _prepare_batch(self, body: memoryview, key: str | None) -> tuple[list[Call | Problem], bool]:
         obj = self._loads(body)
@@ -309,17 +320,14 @@ class Service:
     # -- composite -----------------------------------------------------------------------
 
     async def composite(self, body: memoryview, key: str | None, deadline: float) -> bytes:
-        if self._small(body):
-            return await self.dispatcher.small(
-                lambda: self._prepare_composite(body, key),
-                lambda comp: self._light([t.call for t in comp.terms]),
-                Engine.run_composite,
-                self._encode_composite,
-                deadline,
-            )
-        comp, b64 = await self._on_host(self._prepare_composite, body, key)
-        res = await self.dispatcher.submit(Engine.run_composite, comp, deadline=deadline)
-        return await self._on_host(self._encode_composite, res, b64)
+        return await self._serve(
+            body,
+            lambda: self._prepare_composite(body, key),
+            lambda comp: self._light([t.call for t in comp.terms]),
+            Engine.run_composite,
+            self._encode_composite,
+            deadline,
+        )
 
     def _prepare_composite(self, body: memoryview, key: str | None) -> tuple[Composite, bool]:
         obj = self._loads(body)
