@@ -43,13 +43,14 @@ class RequestContext:
     compute endpoints (answered by :class:`lossd.endpoints.ComputeEndpoints`, not FastAPI).
 
     ``compute_only``: pass every other request to ``app`` untouched (see :func:`served`).
+    ``compute``: the endpoints to answer with (one set per app, shared by both placements).
     """
 
-    def __init__(self, app: ASGIApp, service: Service, compute_only: bool = False) -> None:
+    def __init__(self, app: ASGIApp, service: Service, compute: ComputeEndpoints, compute_only: bool = False) -> None:
         self.app = app
         self.service = service
         self.compute_only = compute_only
-        self.compute = ComputeEndpoints(service)
+        self.compute = compute
         # Unique per process and cheap: uuid4 per request costs a getrandom syscall.
         self._prefix = os.urandom(8).hex()
         self._ids = itertools.count(1)
@@ -123,7 +124,7 @@ def served(app: FastAPI) -> ASGIApp:
     svc: Service = app.state.service
     if svc.settings.otel:
         return app
-    return RequestContext(app, svc, compute_only=True)
+    return RequestContext(app, svc, app.state.compute, compute_only=True)
 
 
 def create_app(settings: Settings | None = None, service: Service | None = None) -> FastAPI:
@@ -149,7 +150,8 @@ def create_app(settings: Settings | None = None, service: Service | None = None)
         telemetry={"tracing": settings.otel, "metrics": settings.otel, "logs": settings.otel},
     )
     app.state.service = svc
-    app.add_middleware(RequestContext, service=svc)
+    app.state.compute = ComputeEndpoints(svc)
+    app.add_middleware(RequestContext, service=svc, compute=app.state.compute)
 
     @app.exception_handler(Problem)
     async def on_problem(request: Request, exc: Problem) -> Response:
