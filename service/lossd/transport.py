@@ -21,22 +21,19 @@ JOIN_MAX_BYTES = 64 * 1024
 class TurnWriter:
     """A transport wrapper that sends what was written in one turn of the event loop at its end."""
 
-    __slots__ = ("_held", "_loop", "_size", "_transport")
+    __slots__ = ("_held", "_loop", "_transport")
 
     def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
         self._transport = transport
         self._loop = loop
         self._held: list[bytes | bytearray | memoryview] | None = None
-        self._size = 0
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         if self._held is None:
             self._held = [data]
-            self._size = len(data)
             self._loop.call_soon(self.flush)
         else:
             self._held.append(data)
-            self._size += len(data)
 
     def flush(self) -> None:
         held, self._held = self._held, None
@@ -44,7 +41,7 @@ class TurnWriter:
             return
         if len(held) == 1:
             self._transport.write(held[0])
-        elif self._size <= JOIN_MAX_BYTES:
+        elif sum(map(len, held)) <= JOIN_MAX_BYTES:
             self._transport.write(b"".join(held))
         else:
             self._transport.writelines(held)
