@@ -106,3 +106,60 @@ def test_served_responses_survive_pipelining_and_a_client_that_half_closes(serve
     assert data.index(b'{"status":"ok"}') < data.index(b'"loss":"mse"') < data.rindex(b'{"status":"ok"}')
     for _ in range(5):
         assert _exchange(server, get, half_close=True).startswith(b"HTTP/1.1 200 OK")
+
+
+def _until_closed(server: Server, request: bytes, *, shut_after: bool = True) -> bytes:
+    """Send, shut down our side, read until the server closes the connection."""
+    host, port = server.url.removeprefix("http://").split(":")
+    data = b""
+    with socket.create_connection((host, int(port)), timeout=20) as s:
+        s.sendall(request)
+        if shut_after:
+            s.shutdown(socket.SHUT_WR)
+        while chunk := s.recv(65536):
+            data += chunk
+    return data
+
+
+def _post(body: bytes, loss: str = "mse") -> bytes:
+    return (
+        b"POST /v1/losses/%s HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\n\r\n%s" % (loss.encode(), len(body), body)
+    )
+
+
+def test_compute_calls_are_answered_to_a_client_that_half_closes(server: Server) -> None:
+    """RFC 9112 9.6: a client that shuts down its sending side after whole requests is only done
+    sending. Every request is answered, small (computed at the end of the loop turn) and large (host
+    pool and worker), pipelined ones in order, and the server closes after the last answer."""
+    small = b'{"inputs": {"input": [1.0, 2.0], "target": [2.0, 4.0]}}'  # mse: (1 + 4) / 2
+    n = 40_000  # over LOSSD_INLINE_MAX_BYTES: decoded off the loop
+    large = b'{"inputs": {"input": [%s], "target": [%s]}, "params": {"reduction": "sum"}}' % (
+        b",".join([b"1.5"] * n),
+        b",".join([b"0.5"] * n),
+    )
+    for _ in range(3):
+        data = _until_closed(server, _post(small))
+        assert data.startswith(b"HTTP/1.1 200 OK"), data
+        assert b"connection: close" in data.lower()
+        assert data.endswith(b'"value":2.5,"grads":{}}'), data
+        data = _until_closed(server, _post(large))
+        assert data.startswith(b"HTTP/1.1 200 OK") and data.endswith(b'"value":%d.0,"grads":{}}' % n), data[:300]
+    get = b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n"
+    data = _until_closed(server, _post(small) + get + _post(large) + _post(small))
+    assert data.count(b"HTTP/1.1 200 OK") == 4, data[:600]
+    assert data.index(b'"value":2.5,') < data.index(b'{"status":"ok"}') < data.index(b'"value":%d.0,' % n)
+    assert data.endswith(b'"value":2.5,"grads":{}}')
+    # HTTP/1.0 without keep-alive, the way simple scripts speak it.
+    data = _until_closed(server, _post(small).replace(b"HTTP/1.1", b"HTTP/1.0"))
+    assert data.startswith(b"HTTP/1.1 200 OK") and data.endswith(b'"value":2.5,"grads":{}}'), data
+
+
+def test_a_request_cut_short_by_the_clients_eof_closes_the_connection(server: Server) -> None:
+    """A body shorter than its Content-Length, or headers never finished, can never be answered: the
+    server closes at once instead of waiting, and goes on serving everyone else."""
+    whole = _post(b'{"inputs": {"input": [1.0], "target": [3.0]}}')
+    for cut in (whole[: whole.index(b"\r\n\r\n") + 4 + 10], whole[:30], whole + whole[:50]):
+        data = _until_closed(server, cut)
+        assert data.count(b"HTTP/1.1") == (1 if cut.startswith(whole) else 0), data
+    assert _until_closed(server, whole).endswith(b'"value":4.0,"grads":{}}')

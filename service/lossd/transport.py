@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
 # Joining copies; past this a list of buffers goes out as it is (writelines).
 JOIN_MAX_BYTES = 64 * 1024
@@ -64,10 +64,35 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
     transport: TurnWriter  # type: ignore[assignment]
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        # Requests received whole and not answered yet, oldest first; and whether the client is done sending.
+        self._unanswered: list[RequestResponseCycle] = []
+        self._eof = False
         super().connection_made(TurnWriter(transport, self.loop))  # type: ignore[arg-type]
 
-    def eof_received(self) -> None:
-        # A client that shuts down its side after its request (nc -N, some HTTP/1.0 scripts): the
-        # transport closes itself after this returns, and would drop what is still held.
+    def on_message_complete(self) -> None:
+        if not self.cycle.response_complete:
+            self._unanswered.append(self.cycle)
+        super().on_message_complete()
+
+    def on_response_complete(self) -> None:
+        self._unanswered = [c for c in self._unanswered if not c.response_complete]
+        if self._eof and not self._unanswered:
+            self.transport.close()  # and a request cut short behind the last whole one is never started
+        super().on_response_complete()
+
+    def eof_received(self) -> bool | None:  # type: ignore[override]  # asyncio.Protocol allows True
+        """A client that shuts down its side after its requests (``nc -N``, some HTTP/1.0 scripts).
+
+        uvicorn takes EOF for a client gone: the transport closes, and calls still being computed
+        are never answered. A client is only done sending (RFC 9112, section 9.6): every request
+        that arrived whole is answered, the last with ``connection: close``, and the connection
+        closes after it. A request cut short by the EOF is not answered.
+        """
         self.transport.flush()
-        super().eof_received()
+        self._unanswered = [c for c in self._unanswered if not c.response_complete]
+        if not self._unanswered:
+            super().eof_received()
+            return None  # the transport closes itself
+        self._eof = True
+        self._unanswered[-1].keep_alive = False
+        return True
