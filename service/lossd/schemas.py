@@ -153,9 +153,18 @@ class DeviceInfo(BaseModel):
     calls: int
 
 
+class Numerics(BaseModel):
+    """What a value's bits depend on besides the inputs, the device kind and the torch version."""
+
+    torch_threads: int = Field(description="torch intra-op threads: CPU reductions split their sums by it")
+    tf32: bool = Field(description="TF32 matmuls/convolutions allowed on CUDA (lossd turns them off)")
+    deterministic_algorithms: bool
+
+
 class Info(BaseModel):
     version: str
     torch: str
     devices: list[DeviceInfo]
     limits: dict[str, Any]
     losses: int
+    numerics: Numerics

@@ -479,6 +479,14 @@ class Service:
                 "auth": self.keys.enabled,
             },
             "losses": len(self.catalogue),
+            # What the bits of a value depend on besides the inputs: CPU reductions split their sums
+            # by the number of intra-op threads, so nodes agree bit for bit only when these agree.
+            "numerics": {
+                "torch_threads": torch.get_num_threads(),
+                "tf32": any(e.device.type == "cuda" for e in self.engines)
+                and (torch.backends.cuda.matmul.allow_tf32 or torch.backends.cudnn.allow_tf32),
+                "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
+            },
         }
 
     def update_gauges(self) -> None:

@@ -41,7 +41,12 @@ class Settings(BaseSettings):
         "past it, so stalled uploads cannot hold admission slots.",
     )
     compute_threads: int = Field(1, gt=0, description="Worker threads per device running loss computations.")
-    torch_threads: int = Field(0, ge=0, description="torch intra-op threads (0: leave torch's default).")
+    torch_threads: int = Field(
+        0,
+        ge=0,
+        description="torch intra-op threads (0: leave torch's default). CPU reductions split their sums by it: "
+        "set one value across a fleet whose values must agree bit for bit.",
+    )
     deadline_ms: int = Field(
         30_000, gt=0, description="Default per-call deadline; 504 if it passes before the call runs."
     )
