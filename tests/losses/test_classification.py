@@ -562,6 +562,36 @@ def test_focal_confident_rows_have_zero_not_nan_gradients(gamma: float, dtype: t
     assert torch.equal(g[0], torch.zeros(3, dtype=dtype)) and torch.equal(g[2], torch.zeros(3, dtype=dtype))
 
 
+@pytest.mark.parametrize("gamma", [0.0, 0.25, 0.5, 0.9, 1.0, 2.0])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_sigmoid_focal_saturated_logits_have_zero_not_nan_gradients(gamma: float, dtype: torch.dtype) -> None:
+    """Where 1 - p_t underflows to 0 (|x| > ~104 in float32, ~745 in float64), the term and its true
+    derivative are 0; for 0 < gamma < 1 the derivative of (1-p_t)**gamma there is infinite and a
+    direct transcription gives NaN. Elsewhere the gradient is the float64 central difference."""
+    x = torch.tensor([1000.0, -1000.0, 3.0, -0.5, 2.0], dtype=dtype)
+    y = torch.tensor([1.0, 0.0, 1.0, 0.0, 0.0], dtype=dtype)
+    xr = x.clone().requires_grad_()
+    value = C.sigmoid_focal(xr, y, gamma=gamma, reduction="sum")
+    (g,) = torch.autograd.grad(value, xr)
+    assert torch.isfinite(g).all(), g
+    assert torch.equal(g[:2], torch.zeros(2, dtype=dtype))
+    x64, y64 = x.double(), y.double()
+
+    def ref(z: torch.Tensor) -> torch.Tensor:  # the formula, float64; saturated terms are 0 in it
+        p = torch.sigmoid(z)
+        ce = -(y64 * torch.log(p) + (1 - y64) * torch.log1p(-p))
+        a = 0.25 * y64 + 0.75 * (1 - y64)
+        return (a * (1 - (p * y64 + (1 - p) * (1 - y64))) ** gamma * ce)[2:].sum()
+
+    fd = torch.zeros(3, dtype=torch.float64)
+    for i in range(3):
+        e = torch.zeros_like(x64)
+        e[i + 2] = 1e-6
+        fd[i] = (ref(x64 + e) - ref(x64 - e)) / 2e-6
+    torch.testing.assert_close(g[2:].double(), fd, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(value.double(), ref(x64), rtol=1e-6, atol=0)
+
+
 # ---------------------------------------------------------------------------
 # nll (torch)
 

@@ -480,7 +480,13 @@ def sigmoid_focal(
     """
     ce = F.binary_cross_entropy_with_logits(input, target, reduction="none")
     one_minus_pt = torch.sigmoid(input) * (1.0 - target) + torch.sigmoid(-input) * target
-    loss = ce * one_minus_pt**gamma
+    if gamma == 0:
+        loss = ce
+    else:
+        # As in focal: where 1 - p_t underflows to 0 (|x| > ~104 in float32) the term and its true
+        # derivative are 0, but for gamma < 1 the derivative of base**gamma at 0 is infinite (NaN).
+        live = one_minus_pt > 0
+        loss = ce * torch.where(live, torch.where(live, one_minus_pt, 1) ** gamma, 0)
     if alpha >= 0:
         loss = (alpha * target + (1.0 - alpha) * (1.0 - target)) * loss
     return reduce(loss, reduction)
