@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import gc
 import itertools
@@ -127,19 +128,48 @@ def served(app: FastAPI) -> ASGIApp:
     return RequestContext(app, svc, app.state.compute, compute_only=True)
 
 
-def create_app(settings: Settings | None = None, service: Service | None = None) -> FastAPI:
+async def _warm_up(svc: Service) -> None:
+    await warmup_async(svc)
+    # torch, pydantic and the catalogue leave some 200,000 long-lived objects: move them
+    # out of the collector's sight so that full collections stop walking them under load.
+    gc.collect()
+    gc.freeze()
+    if svc.ready:
+        log.info("lossd %s ready on %s", lossd.__version__, ", ".join(str(e.device) for e in svc.engines))
+
+
+async def _warm_up_in_background(svc: Service) -> None:
+    try:
+        await _warm_up(svc)
+    except Exception:
+        # Served anyway, so the failure shows: /readyz stays 503 and /healthz turns 503 too,
+        # for a liveness probe to restart the process (in the foreground, startup fails).
+        log.exception("warm-up failed")
+        svc.failed = "warm-up failed; the server log has the error"
+
+
+def create_app(
+    settings: Settings | None = None, service: Service | None = None, *, background_warmup: bool = False
+) -> FastAPI:
+    """The FastAPI app over one :class:`Service`.
+
+    ``background_warmup``: warm up while already serving (``lossd serve``), so that /healthz
+    answers and /readyz says 503 during warm-up instead of the port being closed. Otherwise the
+    app starts (its lifespan completes) only once warm, which is what Ray Serve's replica
+    health checks expect.
+    """
     settings = settings or Settings()
     svc = service or Service(settings)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        await warmup_async(svc)
-        # torch, pydantic and the catalogue leave some 200,000 long-lived objects: move them
-        # out of the collector's sight so that full collections stop walking them under load.
-        gc.collect()
-        gc.freeze()
-        log.info("lossd %s ready on %s", lossd.__version__, ", ".join(str(e.device) for e in svc.engines))
+        warming = asyncio.create_task(_warm_up_in_background(svc)) if background_warmup else None
+        if warming is None:
+            await _warm_up(svc)
         yield
+        if warming is not None:
+            svc.draining = True  # a warm-up still running stops after its current loss
+            await warming
         svc.close()
 
     app = FastAPIOffline(
@@ -185,13 +215,15 @@ def create_app(settings: Settings | None = None, service: Service | None = None)
 
     @app.get("/healthz", tags=["operations"], summary="Liveness", operation_id="healthz")
     async def healthz() -> Response:
+        if svc.failed:
+            raise Problem(503, svc.failed)
         return Response(b'{"status":"ok"}', media_type=JSON)
 
     @app.get("/readyz", tags=["operations"], summary="Readiness", operation_id="readyz")
     async def readyz() -> Response:
         if svc.ready and not svc.draining:
             return Response(b'{"status":"ready"}', media_type=JSON)
-        reason = "draining" if svc.draining else "warming up"
+        reason = "draining" if svc.draining else svc.failed or "warming up"
         raise Problem(503, f"not ready: {reason}", headers={"Retry-After": str(settings.retry_after_s)})
 
     @app.get("/metrics", tags=["operations"], summary="Prometheus metrics", operation_id="metrics")

@@ -51,7 +51,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from lossd.transport import CoalescingHttpToolsProtocol
 
     try:
-        app = create_app(settings)
+        app = create_app(settings, background_warmup=True)
     except ValueError as e:
         print(f"lossd: {e}", file=sys.stderr)
         return 2

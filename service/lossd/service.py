@@ -75,6 +75,7 @@ class Service:
         self.host_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="lossd-host")
         self.ready = False
         self.draining = False
+        self.failed: str | None = None  # why the server cannot work (warm-up failed)
         self._infos: dict[str, dict[str, Any]] = {}
         self._catalogue_json: bytes | None = None
         self._text_inputs = {s.name: frozenset(i.name for i in s.inputs if i.kind == "text") for s in self.catalogue}
@@ -86,6 +87,8 @@ class Service:
         if self.settings.warmup:
             for engine in self.engines:
                 for spec in self.catalogue:
+                    if self.draining:  # stopped while warming up: never becomes ready
+                        return
                     ex = EXAMPLES.get(spec.name)
                     if ex is None or spec.name in engine.unavailable:
                         continue
