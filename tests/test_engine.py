@@ -10,7 +10,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from lossd.engine import Dispatcher, Engine
+from lossd.engine import Composite, CompositeTerm, Dispatcher, Engine
 from lossd.errors import Problem
 from lossd.losses import default_catalogue
 from lossd.settings import Settings
@@ -85,6 +85,77 @@ def test_unexpected_runtime_error_is_422_not_500(engine: Engine) -> None:
             engine.prepare(replace(spec, fn=broken), {"input": torch.ones(2), "target": torch.zeros(2)}, {}, False)
         )
     assert e.value.status == 422 and "size of tensor" in e.value.detail
+
+
+def test_params_torch_cannot_hold_are_field_errors(engine: Engine) -> None:
+    """An integer param outside int64, or a finite float beyond the call's dtype, is a 422 located at the
+    param (torch would fail with "Overflow when unpacking long long" or "cannot be converted to float")."""
+    ce, mm = CAT.get("cross_entropy"), CAT.get("multi_margin")
+    assert ce is not None and mm is not None
+    for spec, params, inputs in [
+        (ce, {"ignore_index": 2**63}, ce_inputs()),
+        (ce, {"ignore_index": -(2**63) - 1}, ce_inputs()),
+        (mm, {"margin": 1e308}, ce_inputs()),
+        (mm, {"margin": -3.5e38}, ce_inputs()),
+    ]:
+        with pytest.raises(Problem) as e:
+            engine.prepare(spec, inputs, params, False)
+        assert e.value.status == 422 and e.value.errors, params
+        assert e.value.errors[0]["loc"] == ["params", next(iter(params))]
+    # In range: int64's ends, float32's largest finite value, and float64 margins for float64 calls.
+    x = torch.tensor([[1.0, -0.5, 0.25]])
+    ce_x = {"input": x, "target": torch.tensor([0])}
+    for spec, params, inputs in [
+        (ce, {"ignore_index": 2**63 - 1}, ce_x),
+        (ce, {"ignore_index": -(2**63)}, ce_x),
+        (mm, {"margin": 3.0e38}, ce_x),
+        (mm, {"margin": 1e308}, {"input": x.double(), "target": torch.tensor([0])}),
+    ]:
+        r = engine.run(engine.prepare(spec, inputs, params, False))
+        assert r.value.dtype == (torch.float64 if inputs["input"].dtype == torch.float64 else torch.float32)
+    ref = torch.nn.functional.multi_margin_loss(x.double(), torch.tensor([0]), margin=1e308)
+    got = engine.run(engine.prepare(mm, {"input": x.double(), "target": torch.tensor([0])}, {"margin": 1e308}, False))
+    assert torch.equal(got.value, ref)
+
+
+def test_integer_data_for_a_float_input_is_float32_data(engine: Engine) -> None:
+    """api.md: integer data given for a float-only input converts to float32, also where another input makes
+    the call float64 (2**24 + 1 is then 2**24), and its gradient is float32."""
+    spec = CAT.get("mse")
+    assert spec is not None
+    n = 2**24 + 1
+    r = engine.run(
+        engine.prepare(spec, {"input": torch.tensor([n]), "target": torch.zeros(1, dtype=torch.float64)}, {}, True)
+    )
+    assert r.value.dtype == torch.float64 and r.value.item() == float(2**24) ** 2
+    assert r.grads["input"].dtype == torch.float32 and r.grads["input"].item() == 2.0 * 2**24
+    assert r.grads["target"].dtype == torch.float64
+
+
+def test_a_composite_term_that_fails_on_the_device_is_named(engine: Engine) -> None:
+    mse = CAT.get("mse")
+    assert mse is not None
+
+    def broken(**_: object) -> torch.Tensor:
+        raise RuntimeError("value cannot be converted to type float without overflow")
+
+    x, y = torch.ones(2), torch.zeros(2)
+    terms = [
+        CompositeTerm(
+            engine.prepare(mse, {"input": x, "target": y}, {}, ["input"]), 1.0, {"input": "x", "target": "y"}
+        ),
+        CompositeTerm(
+            engine.prepare(replace(mse, fn=broken), {"input": x, "target": y}, {}, ["input"]),
+            0.5,
+            {"input": "x", "target": "y"},
+        ),
+    ]
+    with pytest.raises(Problem) as e:
+        engine.run_composite(Composite(terms, {"x": x, "y": y}, ("x",)))
+    assert e.value.status == 422 and "terms.1 (mse)" in e.value.detail
+    assert e.value.errors == [{"loc": ["terms", 1], "msg": "value cannot be converted to type float without overflow"}]
+    ok = engine.run_composite(Composite(terms[:1], {"x": x, "y": y}, ("x",)))
+    assert ok.value.item() == 1.0
 
 
 def test_index_dtype_rules(engine: Engine) -> None:

@@ -106,6 +106,26 @@ def _compute_dtype(tensors: Sequence[Any]) -> torch.dtype:
     return torch.float32
 
 
+_INT64 = (-(2**63), 2**63 - 1)
+
+
+def _check_param_ranges(p: Params, dtype: torch.dtype) -> None:
+    """422 for a param that torch cannot hold: an integer outside int64, or a finite float beyond
+    the computation's dtype (1e308 as a margin of a float32 call). Infinity passes as it is."""
+    top = torch.finfo(dtype).max
+    for name in type(p).model_fields:
+        value = getattr(p, name)
+        for v in value if isinstance(value, list) else (value,):
+            if isinstance(v, bool):
+                continue
+            if isinstance(v, int) and not _INT64[0] <= v <= _INT64[1]:
+                raise field_error(("params", name), f"{v} is outside the int64 range")
+            if isinstance(v, float) and abs(v) > top and abs(v) != float("inf"):
+                raise field_error(
+                    ("params", name), f"{v} is beyond {str(dtype).removeprefix('torch.')} (max {top:.4g})"
+                )
+
+
 def convert(inp: Input, t: JSONTensor, dtype: torch.dtype) -> JSONTensor:
     """Convert one decoded input per its kind; 422 for dtypes the kind does not accept."""
     where = ("inputs", inp.name)
@@ -125,6 +145,10 @@ def convert(inp: Input, t: JSONTensor, dtype: torch.dtype) -> JSONTensor:
         if t.dtype == torch.bool:
             raise field_error(where, "expected integer indices or floating probabilities, got bool")
         return _as(t, dtype) if t.is_floating_point() else _as(t, torch.int64)
+    if inp.kind == "float" and not t.is_floating_point():
+        # api.md: integer data for a float-only input converts to float32 (then computes in the
+        # call's dtype, float64 when another input is float64).
+        return _as(_as(t, torch.float32), dtype)
     return _as(t, dtype)  # float, mask
 
 
@@ -233,7 +257,9 @@ class Engine:
         for name in g:
             orig = inputs[name]
             assert isinstance(orig, torch.Tensor)
-            grad_dtypes[name] = orig.dtype if orig.dtype in FLOATS else dtype
+            grad_dtypes[name] = orig.dtype if orig.dtype in FLOATS else torch.float32  # integer data: float32
+        if default is None:
+            _check_param_ranges(p, dtype)
         if spec.check is not None:
             try:
                 spec.check(converted, p)
@@ -331,6 +357,12 @@ class Engine:
     def run_composite(self, comp: Composite) -> CompositeResult:
         try:
             return self._run_composite(comp)
+        except _TermFailed as f:
+            name = f"terms.{f.index} ({comp.terms[f.index].call.spec.name})"
+            problem = self._device_problem(f.error, "this composite call", name)
+            if problem.status == 422:
+                problem.errors = [{"loc": ["terms", f.index], "msg": str(f.error)}]
+            raise problem from None
         except (RuntimeError, ValueError, IndexError) as e:
             raise self._device_problem(e, "this composite call", "the composite") from None
 
@@ -345,7 +377,7 @@ class Engine:
         with ctx:
             total: torch.Tensor | None = None
             values: list[tuple[str, float, torch.Tensor]] = []
-            for term in comp.terms:
+            for i, term in enumerate(comp.terms):
                 tensors: dict[str, JSONTensor] = {}
                 for name, t in term.call.inputs.items():
                     ref = term.refs[name]
@@ -356,7 +388,10 @@ class Engine:
                         tensors[name] = leaves[ref].to(t.dtype)
                     else:
                         tensors[name] = self._to_device(t)
-                value, _ = _value_and_terms(term.call.spec.fn(**self._kwargs(term.call, tensors)))
+                try:
+                    value, _ = _value_and_terms(term.call.spec.fn(**self._kwargs(term.call, tensors)))
+                except (RuntimeError, ValueError, IndexError) as e:
+                    raise _TermFailed(i, e) from None
                 if value.dim() != 0:
                     value = value.sum()
                 values.append((term.call.spec.name, term.weight, value.detach().cpu()))
@@ -377,6 +412,14 @@ class Engine:
 
     def shutdown(self) -> None:
         self.executor.shutdown(wait=True)
+
+
+class _TermFailed(Exception):
+    """A composite's term raised: which one, and what."""
+
+    def __init__(self, index: int, error: Exception) -> None:
+        self.index = index
+        self.error = error
 
 
 def _value_and_terms(out: Any) -> tuple[torch.Tensor, Mapping[str, torch.Tensor] | None]:
