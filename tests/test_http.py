@@ -336,6 +336,41 @@ def test_b64_encoding_response(server: Server) -> None:
     )
 
 
+def test_compressed_bodies_are_415(server: Server) -> None:
+    """A content coding lossd does not take is a 415 naming it (RFC 9110), not a 400 about garbled JSON."""
+    import gzip
+
+    body = gzip.compress(json.dumps(CE).encode())
+    for coding in ("gzip", "br", "deflate, gzip"):
+        r = post(
+            server,
+            "/v1/losses/cross_entropy",
+            content=body,
+            headers={"Content-Type": "application/json", "Content-Encoding": coding},
+        )
+        assert "Content-Encoding" in assert_problem(r, 415)["detail"]
+    r = post(server, "/v1/losses/cross_entropy", json=CE, headers={"Content-Encoding": "identity"})
+    assert r.status_code == 200
+
+
+def test_error_lists_are_bounded(server: Server) -> None:
+    params = {f"p{i}": i for i in range(5000)}
+    r = post(server, "/v1/losses/mse", json={"inputs": {"input": [1.0], "target": [0.0]}, "params": params})
+    problem = assert_problem(r, 422)
+    assert len(problem["errors"]) == 50 and "first 50 of 5000" in problem["detail"]
+    assert len(r.content) < 20_000
+    assert {tuple(e["loc"]) for e in problem["errors"]} <= {("params", f"p{i}") for i in range(5000)}
+
+
+def test_a_repeated_request_id_header_is_read_the_same_everywhere(server: Server) -> None:
+    headers = [("X-Request-ID", "first"), ("X-Request-ID", "second")]
+    for method, path in (("POST", "/v1/losses/mse"), ("GET", "/v1/info"), ("GET", "/v1/losses/nope")):
+        r = httpx.request(
+            method, server.url + path, json={"inputs": {"input": [1.0], "target": [0.0]}}, headers=headers
+        )
+        assert r.headers.get_list("x-request-id") == ["second"], (path, r.headers)
+
+
 def test_ops_endpoints(server: Server) -> None:
     assert httpx.get(server.url + "/healthz").status_code == 200
     assert httpx.get(server.url + "/readyz").json() == {"status": "ready"}

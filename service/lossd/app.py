@@ -85,9 +85,8 @@ class RequestContext:
             await self.app(scope, receive, send)
             return
 
-        rid = state["request_id"] = self._request_id(
-            next((v for k, v in scope["headers"] if k == b"x-request-id"), None)
-        )
+        # The last of repeated headers, as the compute endpoints read them.
+        rid = state["request_id"] = self._request_id(dict(scope["headers"]).get(b"x-request-id"))
         started = False
         status = 500
 

@@ -58,7 +58,12 @@ async def send_problem(send: Send, p: Problem, request_id: str) -> None:
 
 
 def content_kind(headers: Headers) -> bool:
-    """True for a safetensors body, False for JSON (the default); 415 for anything else."""
+    """True for a safetensors body, False for JSON (the default); 415 for anything else, and for
+    a compressed body (RFC 9110, 15.5.16: a content coding the server does not take)."""
+    coding = headers.get(b"content-encoding")
+    if coding is not None and coding.strip().lower() not in (b"", b"identity"):
+        shown = coding.decode("latin-1")[:40]
+        raise Problem(415, f"unsupported Content-Encoding {shown!r}: send the body uncompressed")
     raw = headers.get(b"content-type")
     if raw is None:
         return False

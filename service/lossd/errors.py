@@ -23,6 +23,9 @@ TITLES = {
 }
 
 
+MAX_ERRORS = 50
+
+
 class Problem(Exception):
     """An error answer: status, a human ``detail``, optional field ``errors`` and headers."""
 
@@ -38,7 +41,10 @@ class Problem(Exception):
         super().__init__(detail)
         self.status = status
         self.detail = detail
-        self.errors = list(errors) if errors else None
+        self.errors = list(errors[:MAX_ERRORS]) if errors else None
+        if errors and len(errors) > MAX_ERRORS:
+            # A body with 20,000 unknown params should not get a megabyte of errors back.
+            self.detail = f"{detail} (the first {MAX_ERRORS} of {len(errors)} errors are listed)"
         self.headers = headers or {}
         self.type = type_ or "about:blank"  # RFC 9457: the title is then the status phrase
 

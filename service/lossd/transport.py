@@ -10,8 +10,10 @@ was written, so latency does not change, and closing a connection sends what it 
 from __future__ import annotations
 
 import asyncio
+import os
 from typing import Any
 
+import orjson
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
 # Joining copies; past this a list of buffers goes out as it is (writelines).
@@ -79,6 +81,22 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
         if self._eof and not self._unanswered:
             self.transport.close()  # and a request cut short behind the last whole one is never started
         super().on_response_complete()
+
+    def send_400_response(self, msg: str) -> None:
+        """A request that is not HTTP (bad framing, a Content-Length that is not a number): the
+        400 every other error is, application/problem+json with a request id, then close."""
+        body = orjson.dumps({"type": "about:blank", "title": "Bad Request", "status": 400, "detail": msg})
+        head = [b"HTTP/1.1 400 Bad Request\r\n"]
+        for name, value in self.server_state.default_headers:
+            head += [name, b": ", value, b"\r\n"]
+        head += [
+            b"content-type: application/problem+json\r\n",
+            b"content-length: %d\r\n" % len(body),
+            b"x-request-id: %s\r\n" % os.urandom(8).hex().encode(),
+            b"connection: close\r\n\r\n",
+        ]
+        self.transport.write(b"".join(head) + body)
+        self.transport.close()
 
     def eof_received(self) -> bool | None:  # type: ignore[override]  # asyncio.Protocol allows True
         """A client that shuts down its side after its requests (``nc -N``, some HTTP/1.0 scripts).
