@@ -118,6 +118,25 @@ def test_params_torch_cannot_hold_are_field_errors(engine: Engine) -> None:
     assert torch.equal(got.value, ref)
 
 
+def test_params_take_the_non_finite_spellings_and_say_where_they_must_be_finite() -> None:
+    from lossd.engine import parse_params
+
+    huber, triplet = CAT.get("huber"), CAT.get("triplet_margin")
+    assert huber is not None and triplet is not None
+    with pytest.raises(Problem) as e:
+        parse_params(huber, {"delta": "Infinity"})
+    assert e.value.errors and e.value.errors[0]["loc"] == ["params", "delta"]
+    assert "finite" in e.value.errors[0]["msg"]
+    for spelling in ("Infinity", "inf"):
+        assert parse_params(triplet, {"p": spelling}).p == float("inf")  # type: ignore[attr-defined]
+    with pytest.raises(Problem) as e:
+        parse_params(huber, {"delta": "1.5"})  # a number in a string is still not a number
+    assert e.value.errors and e.value.errors[0]["loc"] == ["params", "delta"]
+    with pytest.raises(Problem) as e:
+        parse_params(huber, {"reduction": "NaN"})
+    assert e.value.errors and e.value.errors[0]["loc"] == ["params", "reduction"]
+
+
 def test_integer_data_for_a_float_input_is_float32_data(engine: Engine) -> None:
     """api.md: integer data given for a float-only input converts to float32, also where another input makes
     the call float64 (2**24 + 1 is then 2**24), and its gradient is float32."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -141,9 +142,11 @@ def convert(inp: Input, t: JSONTensor, dtype: torch.dtype) -> JSONTensor:
         if t.is_floating_point() or t.dtype == torch.bool:
             raise field_error(where, f"expected an integer dtype, got {str(t.dtype).removeprefix('torch.')}")
         return _as(t, torch.int64)
-    if inp.kind == "float_or_index":
+    if inp.kind in ("float_or_index", "onehot_or_index"):
         if t.dtype == torch.bool:
-            raise field_error(where, "expected integer indices or floating probabilities, got bool")
+            if inp.kind == "float_or_index":
+                raise field_error(where, "expected integer indices or floating probabilities, got bool")
+            return _as(t, dtype)  # a one-hot, 0/1 in the compute dtype
         return _as(t, dtype) if t.is_floating_point() else _as(t, torch.int64)
     if inp.kind == "float" and not t.is_floating_point():
         # api.md: integer data for a float-only input converts to float32 (then computes in the
@@ -183,11 +186,27 @@ def parse_grad(spec: LossSpec, grad: Any, given: Mapping[str, Any]) -> tuple[str
     return tuple(dict.fromkeys(grad))
 
 
+# JSON has no infinity: params take the spellings tensor data takes (decisions.md, Numbers). Where a
+# param must be finite, its model says so ("Input should be a finite number").
+_NONFINITE = {"NaN": math.nan, "nan": math.nan, "Infinity": math.inf, "inf": math.inf}
+_NONFINITE |= {"-Infinity": -math.inf, "-inf": -math.inf}
+
+
+def _nonfinite(v: Any) -> Any:
+    if isinstance(v, str):
+        return _NONFINITE.get(v, v)
+    if isinstance(v, list):
+        return [_NONFINITE.get(x, x) if isinstance(x, str) else x for x in v]
+    return v
+
+
 def parse_params(spec: LossSpec, params: Any) -> Params:
     if params is None:
         params = {}
     if not isinstance(params, dict):
         raise field_error(("params",), "expected an object")
+    if any(isinstance(v, (str, list)) for v in params.values()):
+        params = {k: _nonfinite(v) for k, v in params.items()}
     try:
         return spec.params.model_validate(params)
     except pydantic.ValidationError as e:
@@ -274,7 +293,7 @@ class Engine:
     @staticmethod
     def _floating_kind(spec: LossSpec, name: str) -> bool:
         inp = spec.input(name)
-        return inp is not None and inp.kind in ("float", "float_or_index", "mask")
+        return inp is not None and inp.kind in ("float", "float_or_index", "onehot_or_index", "mask")
 
     # -- device side (the worker thread; small CPU calls on the event loop) ----------------
 

@@ -20,14 +20,27 @@ from pydantic import BaseModel, ConfigDict
 #   float           any numeric or bool; converted to the call's compute dtype (float32/float64)
 #   index           integer dtypes only; converted to int64 (class indices, lengths, flat indices)
 #   float_or_index  integer -> int64 indices, floating -> compute dtype (cross_entropy's target)
+#   onehot_or_index as float_or_index, and bool (a one-hot) -> compute dtype (dice's target)
 #   mask            bool, integer or float; converted to the compute dtype
 #   text            a list of strings (JSON only) or an integer tensor, passed through untouched
-Kind = Literal["float", "index", "float_or_index", "mask", "text"]
+Kind = Literal["float", "index", "float_or_index", "onehot_or_index", "mask", "text"]
 
 KIND_DTYPES: dict[str, tuple[str, ...]] = {
     "float": ("float16", "bfloat16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8", "bool"),
     "index": ("int8", "int16", "int32", "int64", "uint8"),
     "float_or_index": ("float16", "bfloat16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8"),
+    "onehot_or_index": (
+        "float16",
+        "bfloat16",
+        "float32",
+        "float64",
+        "int8",
+        "int16",
+        "int32",
+        "int64",
+        "uint8",
+        "bool",
+    ),
     "mask": ("bool", "uint8", "int8", "int16", "int32", "int64", "float16", "bfloat16", "float32", "float64"),
     "text": ("list[str]", "int8", "int16", "int32", "int64", "uint8"),
 }

@@ -441,6 +441,45 @@ def test_cross_entropy_label_smoothing_and_ignore_index(probs: bool) -> None:
     assert not torch.allclose(default, smoothed)
 
 
+def test_bool_targets_over_json_cross_entropy_refuses_binary_losses_take() -> None:
+    # cross_entropy is a torch row and torch refuses a bool target, as indices and as probabilities; so does lossd
+    # (422). The binary-target losses (sigmoid_focal, binary_cross_entropy_with_logits) take a bool target as 0/1.
+    import orjson
+
+    from lossd.errors import Problem
+    from lossd.service import Service
+    from lossd.settings import Settings
+
+    x = torch.tensor([[0.2, -1.0, 0.4], [1.5, 0.3, -2.0]])
+    onehot = torch.tensor([[True, False, False], [False, False, True]])
+    for t in (onehot, onehot[:, 0]):
+        with pytest.raises(RuntimeError):
+            F.cross_entropy(x, t)
+    svc = Service(Settings(warmup=False, device="cpu"))
+    try:
+
+        def call(name: str, target: Any) -> Any:
+            raw = orjson.dumps({"inputs": {"input": x.tolist(), "target": target}, "grad": True})
+            c, b64 = svc.decode_call(svc.spec(name), memoryview(raw), False)
+            return orjson.loads(svc.encode_result(svc.engines[0].run(c), b64, False))
+
+        for t in (onehot, onehot[:, 0]):
+            with pytest.raises(Problem) as e:
+                call("cross_entropy", t.tolist())
+            assert e.value.status == 422 and "bool" in e.value.detail
+        y = onehot.double().numpy()
+        refs = {
+            "sigmoid_focal": np_sigmoid_focal(x.double().numpy(), y, 0.25, 2.0, "mean"),
+            "binary_cross_entropy_with_logits": F.binary_cross_entropy_with_logits(x, onehot.float()).item(),
+        }
+        for name, ref in refs.items():
+            got = call(name, onehot.tolist())
+            assert got == call(name, onehot.float().tolist())  # the same bits as the float 0/1 target
+            assert got["value"] == pytest.approx(float(ref), rel=1e-6)
+    finally:
+        svc.close()
+
+
 def test_cross_entropy_formula_and_defaults() -> None:
     x, y = randn(4, 3), torch.tensor([0, 2, 1, -100])
     logp = x.numpy() - np.log(np.exp(x.numpy()).sum(1, keepdims=True))

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from pydantic import ValidationError
 
+from lossd.engine import parse_params
+from lossd.errors import Problem
 from lossd.losses import metric as M
 from lossd.spec import InputError
 
@@ -192,9 +196,106 @@ def test_triplet_check_and_params():
         with pytest.raises(InputError) as e:
             check(inputs, p)
         assert e.value.loc == ("inputs", bad)
-    for bad in [{"margin": 0.0}, {"margin": -1.0}, {"p": 0.5}, {"eps": -1e-3}]:
-        with pytest.raises(ValidationError):
-            M.TripletMarginParams(**bad)
+    bad_params = [{"margin": 0.0}, {"margin": -1.0}, {"p": 0.0}, {"p": 0}, {"p": -1.0}, {"p": -math.inf}]
+    bad_params += [{"p": math.nan}, {"p": "-Infinity"}, {"p": "NaN"}, {"p": "2"}, {"p": "INF"}, {"p": True}]
+    bad_params += [{"eps": math.nan}, {"eps": math.inf}, {"eps": "-inf"}, {"eps": "1e-6"}]
+    triplet = M.TRIPLET_MARGIN
+    for bad in bad_params:
+        with pytest.raises(Problem) as e:
+            parse_params(triplet, bad)  # as the engine reads a call's JSON params
+        assert e.value.status == 422 and e.value.errors and e.value.errors[0]["loc"][:2] == ["params", next(iter(bad))]
+    # torch's range: any p > 0, infinity (also as the JSON spellings) included, and any finite eps
+    for good, want in [({"p": 0.5}, 0.5), ({"p": 3}, 3.0), ({"p": math.inf}, math.inf)]:
+        assert parse_params(triplet, good).p == want  # type: ignore[attr-defined]
+    assert parse_params(triplet, {"p": "Infinity"}).p == math.inf  # type: ignore[attr-defined]
+    assert parse_params(triplet, {"p": "inf"}).p == math.inf  # type: ignore[attr-defined]
+    assert M.TripletMarginParams(eps=-0.25).eps == -0.25
+
+
+TRIPLET_P = [0.5, 1.0, 1.5, 2.0, 3.0, math.inf]
+TRIPLET_EPS = [-1e-3, -0.3, 0.0, 1e-6, 0.2]
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("swap", [False, True])
+@pytest.mark.parametrize("eps", TRIPLET_EPS)
+@pytest.mark.parametrize("p", TRIPLET_P)
+def test_triplet_any_p_and_eps_match_functional(p, eps, swap, reduction):
+    # the params come as a JSON object would carry them (infinity as its string), then the call as the engine makes it
+    params = parse_params(
+        M.TRIPLET_MARGIN, {"p": "Infinity" if p == math.inf else p, "eps": eps, "swap": swap, "reduction": reduction}
+    )
+    assert (params.p, params.eps) == (p, eps)
+    a, q, n = (_randn(9, 5, seed=s) for s in (40, 41, 42))
+    got = _grads(lambda x, y, z: M.triplet_margin(x, y, z, **dict(params)), a, q, n)
+    ref = _grads(lambda x, y, z: F.triplet_margin_loss(x, y, z, p=p, eps=eps, swap=swap, reduction=reduction), a, q, n)
+    assert (ref[0] > 0).any() and all(g.abs().sum() > 0 for g in ref[1:])
+    for g, r in zip(got, ref):
+        torch.testing.assert_close(g, r, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("p", [0.5, 1.5, 3.0, math.inf])
+@pytest.mark.parametrize("eps", [-0.05, 0.05])
+def test_triplet_fractional_and_max_norm_against_float64_formula(p, eps):
+    # an independent float64 numpy formula of ||x - y + eps||_p and its derivative, away from ties and zeros
+    a, q, n = (_randn(6, 4, seed=s) for s in (50, 51, 52))
+    params = M.TripletMarginParams(p=p, eps=eps, margin=100.0, reduction="none")
+    v, ga, gq, gn = _grads(lambda x, y, z: M.triplet_margin(x, y, z, **dict(params)), a, q, n)
+
+    def dist(x, y):
+        d = x - y + eps
+        if p == math.inf:
+            k = np.abs(d).argmax(axis=1)
+            g = np.zeros_like(d)
+            g[np.arange(len(d)), k] = np.sign(d[np.arange(len(d)), k])
+            return np.abs(d).max(axis=1), g
+        r = (np.abs(d) ** p).sum(axis=1) ** (1 / p)
+        return r, np.sign(d) * np.abs(d) ** (p - 1) * r[:, None] ** (1 - p)
+
+    dp, gp = dist(a.numpy(), q.numpy())
+    dn, gneg = dist(a.numpy(), n.numpy())
+    loss = np.maximum(0.0, dp - dn + 100.0)
+    assert (loss > 0).all()  # every triplet active: the gradient is the difference of the distances' gradients
+    np.testing.assert_allclose(v.numpy(), loss, rtol=1e-12)
+    np.testing.assert_allclose(ga.numpy(), gp - gneg, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(gq.numpy(), -gp, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(gn.numpy(), gneg, rtol=1e-10, atol=1e-12)
+
+
+def test_triplet_max_norm_and_negative_eps_through_the_json_api():
+    # over the API's JSON (orjson has no Infinity literal): p as the string "Infinity", eps negative
+    import orjson
+
+    from lossd.errors import Problem
+    from lossd.service import Service
+    from lossd.settings import Settings
+
+    a, q, n = (_randn(5, 3, seed=s) for s in (60, 61, 62))
+    svc = Service(Settings(warmup=False, device="cpu"))
+    try:
+
+        def call(params):
+            body = {"inputs": {"anchor": a.tolist(), "positive": q.tolist(), "negative": n.tolist()}, "grad": True}
+            raw = orjson.dumps({**body, "params": params})
+            c, b64 = svc.decode_call(svc.spec("triplet"), memoryview(raw), False)
+            return orjson.loads(svc.encode_result(svc.engines[0].run(c), b64, False))
+
+        for p_json, p in [("Infinity", math.inf), ("inf", math.inf), (0.5, 0.5)]:
+            out = call({"p": p_json, "eps": -1e-3, "swap": True})
+            assert out["loss"] == "triplet_margin"
+            a32, q32, n32 = (t.float().requires_grad_(True) for t in (a, q, n))
+            ref = F.triplet_margin_loss(a32, q32, n32, p=p, eps=-1e-3, swap=True)
+            refg = torch.autograd.grad(ref, (a32, q32, n32))
+            assert out["value"] == ref.item()  # float32, printed exactly
+            for name, r in zip(("anchor", "positive", "negative"), refg):
+                got = torch.tensor(out["grads"][name]["data"], dtype=torch.float32).reshape(r.shape)
+                torch.testing.assert_close(got, r, rtol=0, atol=0)
+        for bad in [0, 0.0, -1, "-Infinity", "NaN", "2", None]:
+            with pytest.raises(Problem) as e:
+                call({"p": bad})
+            assert e.value.status == 422 and "params.p" in e.value.detail
+    finally:
+        svc.close()
 
 
 # ---------------------------------------------------------------------------

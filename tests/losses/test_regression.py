@@ -141,7 +141,9 @@ def _np_tukey(x: np.ndarray, y: np.ndarray, c: float, scale):
     rho = np.where(inside, c**2 / 6 * (1 - (1 - (u / c) ** 2) ** 3), c**2 / 6)
     # d rho / d u = u * (1 - (u/c)^2)^2 inside, 0 outside; the scale is constant for the gradient
     psi = np.where(inside, u * (1 - (u / c) ** 2) ** 2, 0.0)
-    return rho, psi / s
+    # a NaN residual (or a NaN scale, numpy.median's answer for a column with a NaN) gives NaN, not c^2/6
+    nan = np.isnan(u)
+    return np.where(nan, np.nan, rho), np.where(nan, np.nan, psi / s)
 
 
 @pytest.mark.parametrize("reduction", REDUCTIONS)
@@ -173,6 +175,55 @@ def test_tukey_even_count_median_is_numpys_not_torchs():
     rho, _ = _np_tukey(r.numpy(), np.zeros((4, 1)), 4.6851, "mad")
     np.testing.assert_allclose(v.numpy(), rho, rtol=1e-12)
     torch.testing.assert_close(v, R.tukey_biweight(r, torch.zeros_like(r), scale=1.4826, reduction="none"))
+
+
+@pytest.mark.parametrize("n", [6, 7])
+@pytest.mark.parametrize("nan", [False, True])
+def test_median0_is_numpys_nan_included(n, nan):
+    g = np.random.default_rng(n)
+    a = g.normal(size=(n, 4, 3))
+    a[:, 0, 0] = a[0, 0, 0]  # a constant column
+    a[1, 2, 1] = np.inf
+    a[2, 3, 2] = -np.inf
+    if nan:
+        a[n - 1, 1, 0] = np.nan  # sorted last by torch: a middle value would still come out
+        a[0, 2, 2] = np.nan
+        a[:, 3, 0] = np.nan  # all NaN
+    ref = np.median(a, axis=0)
+    assert np.isnan(ref).any() == nan
+    got = R._median0(torch.from_numpy(a)).numpy()
+    np.testing.assert_array_equal(got, ref)  # NaN where numpy has NaN, the same numbers elsewhere
+
+
+@pytest.mark.parametrize("n", [6, 7])
+@pytest.mark.parametrize("where", ["input", "target"])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_tukey_mad_nan_residual_makes_its_coordinate_nan_as_numpy(n, where, reduction):
+    # numpy.median of a column with a NaN is NaN, so that coordinate's scale and every element are NaN
+    x, y = _pair((n, 3), seed=11, scale=3.0)
+    (x if where == "input" else y)[n - 1, 1] = math.nan
+    v, gx, gy = _grads(lambda a, b: R.tukey_biweight(a, b, reduction=reduction), x, y)
+    rho, drho = _np_tukey(x.numpy(), y.numpy(), 4.6851, "mad")
+    assert np.isnan(rho[:, 1]).all() and np.isfinite(rho[:, [0, 2]]).all()
+    s = R.mad_scale(x - y)
+    assert torch.isnan(s[1]) and torch.isfinite(s[[0, 2]]).all()
+    np.testing.assert_allclose(v.numpy(), _np_reduce(rho, reduction), rtol=1e-12, atol=1e-12)
+    k = rho.size if reduction == "mean" else 1
+    np.testing.assert_allclose(gx.numpy(), drho / k, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(gy.numpy(), -drho / k, rtol=1e-10, atol=1e-12)
+    assert torch.isnan(gx[:, 1]).all() and torch.isfinite(gx[:, [0, 2]]).all()
+
+
+def test_tukey_mad_nan_is_not_zero_for_the_fallback():
+    # coordinate 0 has MAD 0 (fallback 1), coordinate 1 a NaN: its MAD stays NaN, not the fallback
+    x = torch.tensor([[1.0, 0.0], [1.0, math.nan], [1.0, 2.0], [4.0, 2.0], [1.0, 2.0]], dtype=torch.float64)
+    y = torch.zeros_like(x)
+    s = R.mad_scale(x - y)
+    assert s[0].item() == 1.0 and math.isnan(s[1].item())
+    v = R.tukey_biweight(x, y, reduction="none")
+    rho, _ = _np_tukey(x.numpy(), y.numpy(), 4.6851, "mad")
+    np.testing.assert_allclose(v.numpy(), rho, rtol=1e-12)
+    assert torch.isnan(v[:, 1]).all()
 
 
 def test_tukey_mad_zero_falls_back_to_one_per_coordinate():

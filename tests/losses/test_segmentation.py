@@ -130,7 +130,7 @@ def test_names_and_aliases() -> None:
     assert spec("dice").differentiable == ("input",)
     assert spec("tversky").differentiable == ("input",)
     assert spec("total_variation").differentiable == ("input",)
-    assert spec("dice").input("target").kind == "float_or_index"  # type: ignore[union-attr]
+    assert spec("dice").input("target").kind == "onehot_or_index"  # type: ignore[union-attr]
     assert spec("total_variation").input("target") is None
 
 
@@ -349,6 +349,87 @@ def test_overlap_integer_onehot_message() -> None:
     assert e.value.loc == ("inputs", "target")
     assert "floating dtype" in e.value.msg
     check_overlap({"input": torch.rand(1, 3, 4), "target": onehot.float()})
+
+
+# A bool one-hot target (JSON true/false arrays infer bool) is one-hot 0/1 in the input's dtype.
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize(("activation", "over", "include_background"), GRID)
+@pytest.mark.parametrize("name", ["dice", "tversky"])
+def test_overlap_bool_onehot_target(
+    name: str, activation: str, over: str, include_background: bool, dtype: torch.dtype
+) -> None:
+    x, t = make_case("onehot", seed=5)
+    x = probs_for(x, activation).to(dtype)
+    tb = t.bool()
+    assert tb.dtype == torch.bool and tb.shape == x.shape
+    params = spec(name).params(activation=activation, over=over, include_background=include_background)
+    spec(name).check({"input": x, "target": tb}, params)  # type: ignore[misc]
+    extra: dict[str, Any] = {"alpha": 0.3, "beta": 0.7} if name == "tversky" else {}
+    fn = fn_of(name)
+    for reduction in ("mean", "sum", "none"):
+        kw = dict(activation=activation, over=over, include_background=include_background, reduction=reduction)
+        xb = x.clone().requires_grad_(True)
+        xf = x.clone().requires_grad_(True)
+        vb = fn(xb, tb, **kw, **extra)
+        vf = fn(xf, t.to(dtype), **kw, **extra)
+        (gb,) = torch.autograd.grad(vb.sum(), xb)
+        (gf,) = torch.autograd.grad(vf.sum(), xf)
+        # identical to the same one-hot as floats, values and gradients, in the input's dtype
+        assert vb.dtype == dtype and gb.dtype == dtype
+        assert torch.equal(vb, vf) and torch.equal(gb, gf)
+        # and the float64 formula with t = 1 where true, 0 where false
+        want = ref_overlap(x, tb, kind=name, **kw, **extra)  # type: ignore[arg-type]
+        tol = 1e-12 if dtype == torch.float64 else 1e-5
+        np.testing.assert_allclose(vb.detach().double().numpy(), want, rtol=tol, atol=tol)
+
+
+def test_overlap_bool_target_gradient_against_float64_formula() -> None:
+    # d/dp of dice over all elements, by hand: D = 1 - (2I + s)/(P + T + s + e); dD/dp = -(2t*den - num)/den^2
+    x, t = make_case("onehot", shape=(2, 3, 4), seed=6)
+    p = torch.sigmoid(x).detach().requires_grad_(True)
+    (g,) = torch.autograd.grad(seg.dice(p, t.bool(), smooth=0.5), p)
+    pn, tn = p.detach().numpy(), t.numpy()
+    num = 2 * np.sum(pn * tn) + 0.5
+    den = np.sum(pn) + np.sum(tn) + 0.5 + 1e-5
+    np.testing.assert_allclose(g.numpy(), -(2 * tn * den - num) / den**2, rtol=1e-12)
+
+
+def test_overlap_bool_target_must_be_shaped_like_input() -> None:
+    x = torch.rand(2, 3, 4)
+    check_overlap({"input": x, "target": torch.zeros(2, 3, 4, dtype=torch.bool)})
+    for bad in [torch.zeros(2, 4, dtype=torch.bool), torch.zeros(2, 3, 5, dtype=torch.bool)]:
+        for name in ("dice", "tversky"):
+            with pytest.raises(InputError) as e:
+                spec(name).check({"input": x, "target": bad}, spec(name).params())  # type: ignore[misc]
+            assert e.value.loc == ("inputs", "target") and "got bool" in e.value.msg
+
+
+def _json_call(name: str, body: dict[str, Any]) -> dict[str, Any]:
+    """One call as the server makes it from a JSON body (orjson, the codecs' dtype inference, the engine)."""
+    import orjson
+
+    from lossd.service import Service
+    from lossd.settings import Settings
+
+    svc = Service(Settings(warmup=False, device="cpu"))
+    try:
+        call, b64 = svc.decode_call(svc.spec(name), memoryview(orjson.dumps(body)), False)
+        out: dict[str, Any] = orjson.loads(svc.encode_result(svc.engines[0].run(call), b64, False))
+        return out
+    finally:
+        svc.close()
+
+
+@pytest.mark.parametrize("name", ["dice", "tversky"])
+def test_overlap_bool_onehot_target_over_json(name: str) -> None:
+    x, t = make_case("onehot", shape=(2, 3, 4), seed=7)
+    p = torch.sigmoid(x).float()
+    onehot = t.bool().tolist()  # JSON true/false: the codecs infer bool
+    want = _json_call(name, {"inputs": {"input": p.tolist(), "target": t.tolist()}, "grad": True})
+    got = _json_call(name, {"inputs": {"input": p.tolist(), "target": onehot}, "grad": True})
+    assert got == want
 
 
 def test_overlap_out_of_range_message() -> None:

@@ -87,8 +87,10 @@ CONTRASTIVE = LossSpec(
 
 class TripletMarginParams(Reduced):
     margin: float = Field(1.0, gt=0.0, allow_inf_nan=False)
-    p: float = Field(2.0, ge=1.0, allow_inf_nan=False)
-    eps: float = Field(1e-6, ge=0.0, allow_inf_nan=False)
+    # Any p > 0, infinity (the max norm) included. p = 0 (a count of the non-zero coordinates) has no gradient
+    # path, and p < 0 is not a distance: refused, although torch computes them.
+    p: float = Field(2.0, gt=0.0, description='norm order, > 0; "Infinity" for the max norm')
+    eps: float = Field(1e-6, allow_inf_nan=False)
     swap: bool = False
 
 
@@ -106,7 +108,8 @@ def triplet_margin(
     """Triplet margin loss, exactly ``torch.nn.functional.triplet_margin_loss``.
 
     ``max(0, d(a,p) - d(a,n) + margin)`` per triplet, ``d(x,y) = ||x - y + eps||_p``; ``swap`` uses
-    ``min(d(a,n), d(p,n))`` as the negative distance.
+    ``min(d(a,n), d(p,n))`` as the negative distance. Any ``p > 0`` (``inf``: the max norm) and any finite
+    ``eps`` (negative too), as torch takes them.
     """
     return F.triplet_margin_loss(
         anchor, positive, negative, margin=margin, p=p, eps=eps, swap=swap, reduction=reduction

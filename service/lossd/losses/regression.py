@@ -148,16 +148,22 @@ class TukeyParams(Reduced):
 
 
 def _median0(x: torch.Tensor) -> torch.Tensor:
-    """Median over dim 0 as numpy computes it: the mean of the two middle values for an even count."""
+    """Median over dim 0 as ``numpy.median`` computes it.
+
+    The mean of the two middle values for an even count, and NaN for a column that holds a NaN (torch's
+    sort puts NaN last, which would otherwise yield a middle value of the remaining numbers).
+    """
     n = x.shape[0]
     s = torch.sort(x, dim=0).values
-    if n % 2:
-        return s[n // 2]
-    return 0.5 * (s[n // 2 - 1] + s[n // 2])
+    m = s[n // 2] if n % 2 else 0.5 * (s[n // 2 - 1] + s[n // 2])
+    return torch.where(x.isnan().any(dim=0), torch.full_like(m, math.nan), m)
 
 
 def mad_scale(residual: torch.Tensor) -> torch.Tensor:
-    """``1.4826 * median(|r - median(r)|)`` over dim 0 per coordinate, 1 where that is 0; no gradient."""
+    """``1.4826 * median(|r - median(r)|)`` over dim 0 per coordinate, 1 where that is 0; no gradient.
+
+    A coordinate with a NaN residual has a NaN median, hence a NaN MAD and scale (NaN is not 0, so no fallback).
+    """
     r = residual.detach()
     if r.shape[0] == 0:
         return torch.ones(r.shape[1:], dtype=r.dtype, device=r.device)

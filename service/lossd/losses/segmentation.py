@@ -33,14 +33,18 @@ Over = Literal["all", "sample", "sample_class"]
 def _probs_and_target(
     input: torch.Tensor, target: torch.Tensor, activation: Activation, include_background: bool
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The activated prediction and the (one-hot) target, both (N,C',...) in the input's dtype."""
+    """The activated prediction and the (one-hot) target, both (N,C',...) in the input's dtype.
+
+    A floating target is taken as it is, a bool one shaped like the input as one-hot 0/1, an integer one
+    as class indices over dim 1.
+    """
     if activation == "sigmoid":
         p = torch.sigmoid(input)
     elif activation == "softmax":
         p = torch.softmax(input, dim=1)
     else:
         p = input
-    if target.is_floating_point():
+    if target.is_floating_point() or target.dtype == torch.bool:
         t = target.to(p.dtype)
     else:
         # One-hot over dim 1 by comparison: no kernel that could assert on a bad index.
@@ -93,8 +97,9 @@ def dice(
     """Soft Dice loss.
 
     ``p`` = ``input`` (activation "none"), ``sigmoid(input)`` or ``softmax(input, dim=1)``;
-    ``t`` = ``target`` (probabilities / one-hot shaped like input) or the one-hot encoding of
-    integer indices (N,...) over dim 1. ``include_background=False`` drops channel 0 of both.
+    ``t`` = ``target`` (probabilities / one-hot shaped like input; a bool one-hot is 0/1 in the input's
+    dtype) or the one-hot encoding of integer indices (N,...) over dim 1. ``include_background=False``
+    drops channel 0 of both.
     Per group ``1 - (2*sum(p*t) + smooth) / (sum(p) + sum(t) + smooth + eps)``, the sums over
     all elements (``over="all"``: one group, shape ()), per sample ((N)) or per (sample, class)
     ((N,C')); ``reduction`` averages or sums the groups, ``none`` returns them.
@@ -149,14 +154,16 @@ def _check_overlap(inputs: Mapping[str, Any], p: DiceParams) -> None:
             ("inputs", "input"),
             f"include_background=false drops channel 0 and needs at least 2 channels, got shape {shape_str(x)}",
         )
-    if t.is_floating_point():
+    if t.is_floating_point() or t.dtype == torch.bool:
         if t.shape != x.shape:
+            kind = "bool" if t.dtype == torch.bool else "float"
             raise InputError(
                 ("inputs", "target"),
                 f"expected probabilities / one-hot shaped like input {shape_str(x)}, or integer class indices "
-                f"({x.shape[0]}{''.join(',' + str(s) for s in x.shape[2:])}), got float {shape_str(t)}",
+                f"({x.shape[0]}{''.join(',' + str(s) for s in x.shape[2:])}), got {kind} {shape_str(t)}",
             )
-        require_unit_interval(t, "target", "target probabilities / one-hot values")
+        if t.is_floating_point():  # a bool one-hot is 0/1 by its dtype
+            require_unit_interval(t, "target", "target probabilities / one-hot values")
     else:
         if t.shape == x.shape:
             raise InputError(
@@ -172,8 +179,8 @@ _OVERLAP_INPUTS = (
     Input("input", "float", "(N,C,d1..dk)", "probabilities, or logits (see activation)", differentiable=True),
     Input(
         "target",
-        "float_or_index",
-        "shaped like input (probabilities / one-hot in [0,1]), or (N,d1..dk) integer class indices",
+        "onehot_or_index",
+        "shaped like input (probabilities / one-hot in [0,1], or bool one-hot), or (N,d1..dk) class indices",
         "ground truth; indices are one-hot encoded over dim 1",
     ),
 )
