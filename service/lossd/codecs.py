@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import itertools
 import math
 import threading
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -90,7 +91,9 @@ def _bad(loc: Sequence[str | int], msg: str) -> Problem:
 
 
 def _too_large(loc: Sequence[str | int], n: int, limits: Limits) -> Problem:
-    msg = f"{n} elements is over the limit of {limits.max_elements} per tensor"
+    # Past 2**64 a power of two: str() of a declared (1e300,) * 16 would be refused (4300 digits at most).
+    count = str(n) if n < 2**64 else f"at least 2^{n.bit_length() - 1}"
+    msg = f"{count} elements is over the limit of {limits.max_elements} per tensor"
     return Problem(413, f"{_where(loc)}: {msg}", errors=[{"loc": list(loc), "msg": msg}])
 
 
@@ -99,11 +102,23 @@ def _too_many_dims(loc: Sequence[str | int], ndim: int) -> Problem:
     return Problem(422, f"{_where(loc)}: {msg}", errors=[{"loc": list(loc), "msg": msg}])
 
 
+# JSON parsers (orjson, simdjson) read integer literals of 2**64 and over as floats.
+HUGE_INT = 2.0**64
+
+
 def _numel(shape: Any, loc: Sequence[str | int], limits: Limits) -> int:
     """The element count of a declared shape; 413 when it, or any dimension, is over the limit
     (a (2**40, 2**40, 0) tensor holds nothing, but no kernel should see such sizes)."""
     if not isinstance(shape, list) or not all(type(s) is int and s >= 0 for s in shape):
-        raise _bad(loc, "shape must be a list of non-negative integers")
+        huge = isinstance(shape, list) and all(
+            (type(s) is int and s >= 0) or (type(s) is float and HUGE_INT <= s < math.inf) for s in shape
+        )
+        if not huge:
+            raise _bad(loc, "shape must be a list of non-negative integers")
+        # A dimension of 2**64 or more (read as a float; every such float is an integer): over any limit.
+        if len(shape) > MAX_DIMS:
+            raise _too_many_dims(loc, len(shape))
+        raise _too_large(loc, math.prod(max(int(s), 1) for s in shape), limits)
     if len(shape) > MAX_DIMS:
         raise _too_many_dims(loc, len(shape))
     extent = math.prod(max(s, 1) for s in shape)
@@ -112,15 +127,16 @@ def _numel(shape: Any, loc: Sequence[str | int], limits: Limits) -> int:
     return math.prod(shape)
 
 
-def _to_float(arr: np.ndarray, target: Any, loc: Sequence[str | int]) -> np.ndarray:
+def _to_float(arr: np.ndarray, target: Any, loc: Sequence[str | int], name: str | None = None) -> np.ndarray:
     """An array cast to a float dtype; 400 where a finite value overflows to infinity (1e39 as
-    float32, 70000 as float16)."""
+    float32, 70000 as float16). ``name``: the declared dtype, when it is not ``target`` (bfloat16,
+    which travels through float32)."""
     out = arr.astype(target)  # numpy's overflow warning is silenced at the top of this module
     # One float64 sum tells whether anything is infinite (or NaN); only then look closer.
     if not math.isfinite(np.add.reduce(out, dtype=np.float64, axis=None)) and bool(
         np.any(np.isinf(out) & np.isfinite(arr))
     ):
-        raise _bad(loc, f"data out of range for dtype {np.dtype(target).name}")
+        raise _bad(loc, f"data out of range for dtype {name or np.dtype(target).name}")
     return out
 
 
@@ -143,17 +159,23 @@ def _nonfinite(s: str, loc: Sequence[str | int]) -> float:
         raise _bad(loc, f"unexpected string {s[:20]!r} in numeric data") from None
 
 
-def _checked_list(obj: list[Any], loc: Sequence[str | int]) -> tuple[list[Any], Any]:
-    """A nested list checked to be no deeper than MAX_DIMS (else 422) and, if it is big, with "NaN" and
-    "Infinity" already replaced: numpy's inference would otherwise build an array of strings (128 bytes
-    per number) first. Also its first leaf (the first number, for the float fast path)."""
+def _checked_list(obj: list[Any], loc: Sequence[str | int], limits: Limits | None) -> tuple[list[Any], Any, int]:
+    """A nested list checked to be no deeper than MAX_DIMS (else 422), not to hold more than
+    ``limits`` allows (else 413, before anything is allocated; None: the caller checks the count)
+    and, if it is big, with "NaN" and "Infinity" already replaced: numpy's inference would otherwise
+    build an array of strings (128 bytes per number) first. Also its first leaf (the first number,
+    for the float fast path) and its element count as read off its first elements."""
     size, depth, leaf = _size_hint(obj)
     if depth > MAX_DIMS:
         raise _too_many_dims(loc, depth)
+    if limits is not None and size > limits.max_elements:
+        if _rectangular_rows(obj):
+            raise _too_large(loc, size, limits)
+        raise _bad(loc, "data is not a rectangular array of numbers")  # as numpy would say, after a copy
     if size >= LARGE_ARRAY and _has_strings(obj):
         replaced: list[Any] = _replace_nonfinite(obj, loc)
-        return replaced, _size_hint(replaced)[2]
-    return obj, leaf
+        return replaced, _size_hint(replaced)[2], size
+    return obj, leaf, size
 
 
 def _to_numpy(data: Any, loc: Sequence[str | int], int64: bool = True, checked: bool = False) -> np.ndarray:
@@ -163,7 +185,7 @@ def _to_numpy(data: Any, loc: Sequence[str | int], int64: bool = True, checked: 
     ``checked``: the list has been through :func:`_checked_list` already.
     """
     if isinstance(data, list) and not checked:
-        data, _ = _checked_list(data, loc)
+        data, _, _ = _checked_list(data, loc, None)
     try:
         arr = np.asarray(data)
     except (ValueError, OverflowError):
@@ -203,6 +225,30 @@ def _size_hint(obj: list[Any]) -> tuple[int, int, Any]:
     return n, depth, obj
 
 
+def _rectangular_rows(obj: list[Any]) -> bool:
+    """Whether every level of a nested list above its numbers holds lists of one length (those of its
+    first elements), so that _size_hint's count is the count of its numbers: a big array is then a 413
+    before numpy allocates it, while a ragged one stays a 400. Only for arrays over the limit: it walks
+    every row (not every number), without building a list of them."""
+    dims: list[int] = []
+    first: Any = obj
+    while isinstance(first, list) and first:
+        dims.append(len(first))
+        first = first[0]
+    for k in range(1, len(dims)):  # level k: lists, all of length dims[k] (the levels above are)
+        if set(map(type, _level(obj, k))) != {list} or set(map(len, _level(obj, k))) != {dims[k]}:
+            return False
+    return True
+
+
+def _level(obj: list[Any], k: int) -> Any:
+    """An iterator over the items k levels down a nested list, built lazily."""
+    level: Any = iter([obj])
+    for _ in range(k):
+        level = itertools.chain.from_iterable(level)
+    return level
+
+
 def _has_strings(obj: list[Any]) -> bool:
     """Whether a nested list holds strings anywhere, without building anything per number."""
     level: list[Any] = obj
@@ -234,7 +280,7 @@ def _cast(arr: np.ndarray, dtype: str, loc: Sequence[str | int]) -> np.ndarray:
         if arr.size and not bool(np.all((arr == 0) | (arr == 1))):
             raise _bad(loc, "data is not boolean (0/1, true/false), declared dtype bool")
     elif target.kind == "f" and (arr.dtype.kind in "iu" or target.itemsize < arr.dtype.itemsize):
-        return _to_float(arr, target, loc)  # 70000 is no float16
+        return _to_float(arr, target, loc, dtype)  # 70000 is no float16, 1e39 no bfloat16
     return arr.astype(target)
 
 
@@ -253,13 +299,13 @@ def decode_tensor(obj: Any, loc: Sequence[str | int], limits: Limits, text_ok: b
     """One JSON tensor (any form of api.md) -> a CPU tensor, or a list of strings where text is allowed."""
     if isinstance(obj, dict):
         return _decode_object(obj, loc, limits)
-    if text_ok and isinstance(obj, list) and obj and all(isinstance(s, str) for s in obj):
-        return list(obj)
-    if text_ok and isinstance(obj, list) and not obj:
-        return []
+    if text_ok and isinstance(obj, list):
+        text = _text(obj, loc)
+        if text is not None:
+            return text
     leaf = None
     if isinstance(obj, list):
-        obj, leaf = _checked_list(obj, loc)
+        obj, leaf, _ = _checked_list(obj, loc, limits)
     if isinstance(leaf, float):
         # The common case, numbers only. numpy's own inference decides (asking it for float32
         # directly would also read None as NaN and "1.5" as a number); anything but floats
@@ -295,7 +341,39 @@ def decode_tensor(obj: Any, loc: Sequence[str | int], limits: Limits, text_ok: b
     return _from_numpy(arr, None, loc)
 
 
-def _decode_object(obj: dict[str, Any], loc: Sequence[str | int], limits: Limits) -> torch.Tensor:
+def _json_kind(x: Any) -> str:
+    if x is None:
+        return "null"
+    if isinstance(x, bool):
+        return "a boolean"
+    if isinstance(x, (int, float)):
+        return "a number"
+    if isinstance(x, list):
+        return "an array"
+    return "an object" if isinstance(x, dict) else type(x).__name__
+
+
+def _text(obj: list[Any], loc: Sequence[str | int]) -> list[str] | None:
+    """A list where text is allowed: itself if it is all strings (or empty); None if it is numeric data
+    (a tensor of token ids; "NaN" and "Infinity" are numbers there); a 400 if it mixes strings and
+    anything else."""
+    strings = [s for s in obj if isinstance(s, str)]
+    if len(strings) == len(obj):
+        return list(obj)
+    if not strings or all(s in NONFINITE_IN for s in strings):
+        return None
+    i, other = next((i, x) for i, x in enumerate(obj) if not isinstance(x, str))
+    what = _json_kind(other)
+    msg = (
+        f"a list that mixes strings and {'numbers' if what == 'a number' else 'other values'} (item {i} is {what}): "
+        "text is a list of strings only, token ids an integer tensor"
+    )
+    raise _bad(loc, msg)
+
+
+def _header(obj: dict[str, Any], loc: Sequence[str | int], limits: Limits) -> tuple[str, Any, int]:
+    """A tensor object's dtype, shape and element count; the size limits are decided here, from the
+    declared shape alone."""
     extra = set(obj) - {"dtype", "shape", "data", "b64"}
     if extra:
         raise _bad(loc, f"unknown tensor fields {sorted(extra)}")
@@ -305,20 +383,37 @@ def _decode_object(obj: dict[str, Any], loc: Sequence[str | int], limits: Limits
     if "shape" not in obj:
         raise _bad(loc, "a tensor object needs a shape")
     shape = obj["shape"]
-    n = _numel(shape, loc, limits)
+    return dtype, shape, _numel(shape, loc, limits)
+
+
+def _decode_object(obj: dict[str, Any], loc: Sequence[str | int], limits: Limits) -> torch.Tensor:
+    dtype, shape, n = _header(obj, loc, limits)
     has_data, has_b64 = "data" in obj, "b64" in obj
     if has_data == has_b64:
         raise _bad(loc, "a tensor object needs exactly one of data or b64")
     if has_b64:
         return _decode_b64(obj["b64"], dtype, shape, n, loc)
+    data = obj["data"]
+    if isinstance(data, list):
+        data, _, size = _checked_list(data, loc, None)
+        if size > n and size > limits.max_elements:
+            # Read off its first elements, more than the shape holds (or ragged): no need to build it.
+            raise _bad(loc, f"data does not match shape {shape} ({n} elements)")
     # A declared float dtype takes integer literals of any size (JavaScript writes 1e19 as 10000000000000000000).
-    arr = _to_numpy(obj["data"], loc, int64=NP_DTYPES[dtype].kind != "f")
+    arr = _to_numpy(data, loc, int64=NP_DTYPES[dtype].kind != "f", checked=True)
     if arr.size != n:
         raise _bad(loc, f"data has {arr.size} elements, shape {shape} needs {n}")
     if arr.shape != tuple(shape) and arr.ndim != 1:
         raise _bad(loc, f"nested data of shape {list(arr.shape)} does not match shape {shape}")
     arr = _cast(arr, dtype, loc).reshape(shape)
     return _from_numpy(arr, dtype, loc)
+
+
+def _not_boolean(raw: np.ndarray, loc: Sequence[str | int]) -> Problem | None:
+    """A bool tensor's bytes (``raw``, as uint8) must be 0 or 1: torch would take any byte, and compute with it."""
+    if int(raw.max(initial=0)) > 1:
+        return _bad(loc, "data is not boolean (bytes 0 or 1), declared dtype bool")
+    return None
 
 
 def _decode_b64(s: Any, dtype: str, shape: list[int], n: int, loc: Sequence[str | int]) -> torch.Tensor:
@@ -336,13 +431,54 @@ def _decode_b64(s: Any, dtype: str, shape: list[int], n: int, loc: Sequence[str 
         raise _bad(loc, f"b64 holds {len(raw)} bytes, shape {shape} and dtype {dtype} need {n * itemsize}")
     if n == 0:
         return torch.empty(shape, dtype=tdtype)
+    if tdtype == torch.bool and (problem := _not_boolean(np.frombuffer(raw, dtype=np.uint8), loc)):
+        raise problem
     return torch.frombuffer(raw, dtype=tdtype).reshape(shape)
+
+
+def _check_size(obj: Any, loc: Sequence[str | int], limits: Limits, text_ok: bool) -> None:
+    """The 413 that decoding ``obj`` would answer before anything else, if any, without decoding its data."""
+    try:
+        if isinstance(obj, dict):
+            _header(obj, loc, limits)
+        elif isinstance(obj, list):
+            if text_ok and _text(obj, loc) is not None:
+                return  # text: no element limit here (the loss bounds its work)
+            size, depth, _ = _size_hint(obj)
+            if depth <= MAX_DIMS and size > limits.max_elements and _rectangular_rows(obj):
+                raise _too_large(loc, size, limits)
+        elif isinstance(obj, np.ndarray) and obj.ndim <= MAX_DIMS and obj.size > limits.max_elements:
+            raise _too_large(loc, obj.size, limits)
+    except Problem as p:
+        if p.status == 413:
+            raise
+    # Any other problem is that tensor's own, answered when it is decoded.
+
+
+def sizes_first(problem: Problem, rest: Iterable[Callable[[], object]]) -> Problem:
+    """What to answer when a tensor of a request fails with ``problem``: the size limits are decided
+    before any tensor's data (api.md: a declared shape over the limit is 413 whatever its data), so
+    the first 413 among the tensors not yet looked at (``rest``: a check of each that raises its 413)
+    wins over a 400 or a 422; otherwise ``problem``."""
+    if problem.status != 413:
+        for check in rest:
+            try:
+                check()
+            except Problem as p:
+                if p.status == 413:
+                    return p
+    return problem
 
 
 def decode_tensors(
     obj: Any, loc: Sequence[str | int], limits: Limits, text_inputs: frozenset[str] = frozenset()
 ) -> dict[str, JSONTensor]:
-    """The ``inputs`` object of a request -> named tensors."""
+    """The ``inputs`` object of a request -> named tensors.
+
+    Whatever the order of the keys, a tensor over the size limits is a 413 even where another tensor's
+    data is malformed (400) or its shape has too many dimensions (422): when one fails, the rest are
+    checked for a 413 (their declared shapes, or the counts of their arrays) before its problem is raised.
+    """
     if not isinstance(obj, dict):
         raise Problem(
             422,
@@ -351,7 +487,19 @@ def decode_tensors(
         )
     if len(obj) > limits.max_tensors:
         raise Problem(413, f"{len(obj)} tensors is over the limit of {limits.max_tensors} per call")
-    return {k: decode_tensor(v, (*loc, k), limits, text_ok=k in text_inputs) for k, v in obj.items()}
+    out: dict[str, JSONTensor] = {}
+    for k, v in obj.items():
+        try:
+            out[k] = decode_tensor(v, (*loc, k), limits, text_ok=k in text_inputs)
+        except Problem as p:
+            rest = itertools.islice(obj.items(), len(out) + 1, None)
+            first = sizes_first(
+                p, (functools.partial(_check_size, v2, (*loc, k2), limits, k2 in text_inputs) for k2, v2 in rest)
+            )
+            if first is p:
+                raise
+            raise first from None
+    return out
 
 
 # ---------------------------------------------------------------------------
@@ -472,6 +620,10 @@ def _convert(node: Any, brackets: list[int], tensors: bool) -> Any:
     if isinstance(node, simdjson.Object):
         out = {}
         keys = list(node.keys())  # items() would convert every value to Python objects
+        if len(set(keys)) != len(keys):
+            # A key given twice: node[k] is its first value, where orjson (and Python's json) keep the
+            # last. Rare enough to be left to orjson.
+            raise _Fallback
         # In a tensor object only "data" holds numbers; its "shape" stays a list as in loads().
         tensor_object = tensors and "dtype" in keys
         for k in keys:
@@ -544,6 +696,27 @@ def _lengths_match(node: Any, dims: list[int]) -> bool:
 # safetensors
 
 
+_Planned = tuple[str, torch.dtype, list[int], int, int]  # name, dtype, shape, offset in the body, element count
+
+
+def _st_entry(name: str, info: Any, base: int, size: int, limits: Limits) -> _Planned:
+    """One tensor of a safetensors header, checked against the limits and the body's ``size``."""
+    loc = ("inputs", name)
+    code = info.get("dtype") if isinstance(info, dict) else None
+    if not isinstance(code, str) or code not in ST_DTYPES:
+        raise _bad(loc, f"unsupported safetensors dtype {info.get('dtype') if isinstance(info, dict) else info!r}")
+    shape: list[int] = info.get("shape")  # checked by _numel
+    numel = _numel(shape, loc, limits)
+    offs = info.get("data_offsets")
+    if not (isinstance(offs, list) and len(offs) == 2 and all(type(o) is int for o in offs)):
+        raise _bad(loc, "data_offsets must be [begin, end]")
+    begin, end = offs
+    dtype = ST_DTYPES[code]
+    if not (0 <= begin <= end and base + end <= size) or end - begin != numel * dtype.itemsize:
+        raise _bad(loc, f"data_offsets {offs} do not match shape {shape} and dtype {code}")
+    return name, dtype, shape, base + begin, numel
+
+
 def read_safetensors(body: memoryview | bytearray, limits: Limits) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Parse a safetensors body without copying tensor data (views over ``body``).
 
@@ -567,22 +740,17 @@ def read_safetensors(body: memoryview | bytearray, limits: Limits) -> tuple[dict
     if len(header) > limits.max_tensors:
         raise Problem(413, f"{len(header)} tensors is over the limit of {limits.max_tensors} per call")
     base = 8 + n
-    plan: list[tuple[str, torch.dtype, list[int], int, int]] = []
+    plan: list[_Planned] = []
     for name, info in header.items():
-        loc = ("inputs", name)
-        code = info.get("dtype") if isinstance(info, dict) else None
-        if not isinstance(code, str) or code not in ST_DTYPES:
-            raise _bad(loc, f"unsupported safetensors dtype {info.get('dtype') if isinstance(info, dict) else info!r}")
-        shape: list[int] = info["shape"] if "shape" in info else None  # type: ignore[assignment]  # checked by _numel
-        numel = _numel(shape, loc, limits)
-        offs = info.get("data_offsets")
-        if not (isinstance(offs, list) and len(offs) == 2 and all(type(o) is int for o in offs)):
-            raise _bad(loc, "data_offsets must be [begin, end]")
-        begin, end = offs
-        dtype = ST_DTYPES[code]
-        if not (0 <= begin <= end and base + end <= len(body)) or end - begin != numel * dtype.itemsize:
-            raise _bad(loc, f"data_offsets {offs} do not match shape {shape} and dtype {code}")
-        plan.append((name, dtype, shape, base + begin, numel))
+        try:
+            plan.append(_st_entry(name, info, base, len(body), limits))
+        except Problem as p:
+            # The size limits first, whatever the order of the entries (as decode_tensors).
+            rest = itertools.islice(header.items(), len(plan) + 1, None)
+            first = sizes_first(p, (functools.partial(_st_entry, k, v, base, len(body), limits) for k, v in rest))
+            if first is p:
+                raise
+            raise first from None
     # As the format requires: the tensors' data tile the byte buffer, without overlaps or holes.
     pos = base
     for _, dtype, _, offset, numel in sorted(plan, key=lambda p: (p[3], p[4] * p[1].itemsize)):
@@ -593,6 +761,10 @@ def read_safetensors(body: memoryview | bytearray, limits: Limits) -> tuple[dict
         raise Problem(400, "body is not a safetensors file (bytes after the last tensor)")
     tensors: dict[str, torch.Tensor] = {}
     for name, dtype, shape, offset, numel in plan:
+        if dtype == torch.bool and numel:
+            problem = _not_boolean(np.frombuffer(body, dtype=np.uint8, count=numel, offset=offset), ("inputs", name))
+            if problem:
+                raise problem
         if numel == 0:
             tensors[name] = torch.empty(shape, dtype=dtype)
         elif offset % dtype.itemsize:
