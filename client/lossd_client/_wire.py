@@ -137,6 +137,19 @@ def tensor_from_json(obj: Any) -> WireTensor:
     return WireTensor(np.asarray(obj["data"], dtype=storage).reshape(shape), dtype)
 
 
+def params_to_json(params: Mapping[str, Any]) -> dict[str, Any]:
+    """Params as JSON carries them: infinity and NaN as the strings tensors use (``p=math.inf``)."""
+    return {k: _nonfinite_to_str(v) for k, v in params.items()}
+
+
+def _nonfinite_to_str(v: Any) -> Any:
+    if isinstance(v, float) and not math.isfinite(v):
+        return "NaN" if math.isnan(v) else ("Infinity" if v > 0 else "-Infinity")
+    if isinstance(v, (list, tuple)):
+        return [_nonfinite_to_str(x) for x in v]
+    return v
+
+
 def number_from_json(x: Any) -> float:
     """A JSON number or one of the strings "NaN", "Infinity", "-Infinity"."""
     if isinstance(x, str):

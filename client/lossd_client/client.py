@@ -166,12 +166,15 @@ class _Core:
         path = f"/v1/losses/{quote(name, safe='')}"
         value_dtype = _wire.float_dtype(wire)
         if binary and not has_text:
-            meta = {"params": _wire.dumps(dict(params)).decode(), "grad": _wire.dumps(grad_json).decode()}
+            meta = {
+                "params": _wire.dumps(_wire.params_to_json(params)).decode(),
+                "grad": _wire.dumps(grad_json).decode(),
+            }
             body = _wire.write_safetensors(tensors, meta)
             return _Request("POST", path, body, SAFETENSORS, SAFETENSORS, loss_path=True), value_dtype
         obj = {
             "inputs": {k: _wire.tensor_to_json(t) for k, t in wire.items()},
-            "params": dict(params),
+            "params": _wire.params_to_json(params),
             "grad": grad_json,
         }
         # Text cannot travel in safetensors; a large call with text still gets a binary answer.
@@ -223,7 +226,7 @@ class _Core:
                 {
                     "loss": c.loss,
                     "inputs": {k: _wire.tensor_to_json(t, b64) for k, t in w.items()},
-                    "params": dict(c.params),
+                    "params": _wire.params_to_json(c.params),
                     "grad": c.grad if isinstance(c.grad, bool) else list(c.grad),
                 }
                 for c, w in zip(calls, wires)
@@ -252,7 +255,8 @@ class _Core:
         body: dict[str, Any] = {
             "inputs": {k: _wire.tensor_to_json(t, b64) for k, t in wire.items()},
             "terms": [
-                {"loss": t.loss, "weight": t.weight, "inputs": dict(t.inputs), "params": dict(t.params)} for t in terms
+                {"loss": t.loss, "weight": t.weight, "inputs": dict(t.inputs), "params": _wire.params_to_json(t.params)}
+                for t in terms
             ],
             "grad": grad if isinstance(grad, bool) else list(grad),
         }

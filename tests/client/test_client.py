@@ -117,6 +117,26 @@ def test_nonfinite_round_trip(url: str, binary: bool) -> None:
 
 
 @pytest.mark.parametrize("binary", [False, True])
+def test_nonfinite_params_travel_as_json_allows(url: str, binary: bool) -> None:
+    """p=math.inf (the max norm) cannot be a JSON number: the client sends it as "Infinity"."""
+    a, q, n = (RNG.standard_normal((5, 4)).astype(np.float32) for _ in range(3))
+    ref = F.triplet_margin_loss(*(torch.from_numpy(v) for v in (a, q, n)), p=float("inf"))
+    with LossClient(url, binary=binary) as c:
+        r = c.triplet_margin(a, q, n, p=float("inf"))
+        (b,) = c.batch([Call("triplet_margin", {"anchor": a, "positive": q, "negative": n}, params={"p": np.inf})])
+        comp = c.composite(
+            {"a": a, "q": q, "n": n},
+            [Term("triplet_margin", {"anchor": "a", "positive": "q", "negative": "n"}, params={"p": float("inf")})],
+        )
+        with pytest.raises(ValidationError) as e:
+            c.huber(a, q, delta=float("inf"))  # huber's delta must be finite: the server says so
+    assert r.value == ref.item()
+    assert isinstance(b, lossd_client.LossResult) and b.value == ref.item()
+    assert comp.value == ref.item()
+    assert "finite" in str(e.value)
+
+
+@pytest.mark.parametrize("binary", [False, True])
 def test_nonfinite_terms_round_trip(url: str, binary: bool) -> None:
     """centernet's terms: NaN and infinity come back as floats over JSON and over safetensors alike."""
     hm = np.full((1, 1, 4, 4), -3.0, dtype=np.float32)
