@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import threading
 import time
 from dataclasses import replace
@@ -99,9 +100,18 @@ def test_params_torch_cannot_hold_are_field_errors(engine: Engine) -> None:
         (mm, {"margin": -3.5e38}, ce_inputs()),
     ]:
         with pytest.raises(Problem) as e:
-            engine.prepare(spec, inputs, params, False)
+            engine.run(engine.prepare(spec, inputs, params, False))
         assert e.value.status == 422 and e.value.errors, params
-        assert e.value.errors[0]["loc"] == ["params", next(iter(params))]
+        assert e.value.errors == [{"loc": ["params", next(iter(params))], "msg": e.value.errors[0]["msg"]}]
+        assert "int64" in e.value.detail or "beyond float32" in e.value.detail
+    # Only where torch refuses: js_div's base stays a Python number, and 1e39 is a fine base in float32.
+    js = CAT.get("js_div")
+    assert js is not None
+    p, q = torch.tensor([[0.2, 0.8]]), torch.tensor([[0.5, 0.5]])
+    r = engine.run(engine.prepare(js, {"input": p, "target": q}, {"base": 1e39}, False))
+    m = (p.double() + q.double()) / 2
+    want = 0.5 * ((p * (p / m).log()).sum() + (q * (q / m).log()).sum()) / math.log(1e39)
+    assert r.value.item() == pytest.approx(want.item(), rel=1e-6)
     # In range: int64's ends, float32's largest finite value, and float64 margins for float64 calls.
     x = torch.tensor([[1.0, -0.5, 0.25]])
     ce_x = {"input": x, "target": torch.tensor([0])}
@@ -171,10 +181,23 @@ def test_a_composite_term_that_fails_on_the_device_is_named(engine: Engine) -> N
     ]
     with pytest.raises(Problem) as e:
         engine.run_composite(Composite(terms, {"x": x, "y": y}, ("x",)))
-    assert e.value.status == 422 and "terms.1 (mse)" in e.value.detail
+    assert e.value.status == 422 and "term 1 (mse)" in e.value.detail
     assert e.value.errors == [{"loc": ["terms", 1], "msg": "value cannot be converted to type float without overflow"}]
     ok = engine.run_composite(Composite(terms[:1], {"x": x, "y": y}, ("x",)))
     assert ok.value.item() == 1.0
+    mm = CAT.get("multi_margin")
+    assert mm is not None
+    logits, labels = torch.randn(2, 3), torch.tensor([0, 2])
+    refused = CompositeTerm(
+        engine.prepare(mm, {"input": logits, "target": labels}, {"margin": 1e308}, ["input"]),
+        1.0,
+        {"input": "x", "target": "y"},
+    )
+    fine = CompositeTerm(engine.prepare(mm, {"input": logits, "target": labels}, {}, ["input"]), 1.0, refused.refs)
+    with pytest.raises(Problem) as e:
+        engine.run_composite(Composite([fine, refused], {"x": logits, "y": labels}, ("x",)))
+    assert e.value.status == 422 and "term 1 (multi_margin)" in e.value.detail
+    assert e.value.errors is not None and e.value.errors[0]["loc"] == ["terms", 1, "params", "margin"]
 
 
 def test_index_dtype_rules(engine: Engine) -> None:

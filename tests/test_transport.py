@@ -189,3 +189,15 @@ def test_requests_that_are_not_http_get_a_problem_with_a_request_id(server: Serv
     assert _until_closed(server, _post(b'{"inputs": {"input": [1.0], "target": [3.0]}}')).endswith(
         b'"value":4.0,"grads":{}}'
     )
+
+
+def test_a_websocket_upgrade_is_refused_as_uvicorn_refuses_it(server: Server) -> None:
+    """lossd has no WebSocket routes: uvicorn's denial (403), not a parser error, and the server goes on."""
+    upgrade = (
+        b"GET /v1/losses/mse HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    assert _until_closed(server, upgrade, shut_after=False).startswith(b"HTTP/1.1 403 ")
+    assert _until_closed(server, _post(b'{"inputs": {"input": [1.0], "target": [3.0]}}')).endswith(
+        b'"value":4.0,"grads":{}}'
+    )

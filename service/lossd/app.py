@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import itertools
 import logging
 import os
@@ -129,10 +128,6 @@ def served(app: FastAPI) -> ASGIApp:
 
 async def _warm_up(svc: Service) -> None:
     await warmup_async(svc)
-    # torch, pydantic and the catalogue leave some 200,000 long-lived objects: move them
-    # out of the collector's sight so that full collections stop walking them under load.
-    gc.collect()
-    gc.freeze()
     if svc.ready:
         log.info("lossd %s ready on %s", lossd.__version__, ", ".join(str(e.device) for e in svc.engines))
 

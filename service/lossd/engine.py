@@ -108,23 +108,35 @@ def _compute_dtype(tensors: Sequence[Any]) -> torch.dtype:
 
 
 _INT64 = (-(2**63), 2**63 - 1)
+# What torch says when a Python number does not fit the C type it converts a param to.
+_OVERFLOW = ("cannot be converted to type", "Overflow when unpacking")
 
 
-def _check_param_ranges(p: Params, dtype: torch.dtype) -> None:
-    """422 for a param that torch cannot hold: an integer outside int64, or a finite float beyond
-    the computation's dtype (1e308 as a margin of a float32 call). Infinity passes as it is."""
+def param_overflow(call: Call, e: Exception) -> Problem | None:
+    """The 422 located at the params that torch could not hold, when ``e`` is torch refusing a param
+    (an ``ignore_index`` of 2**63, a ``margin`` of 1e308 in a float32 call); else None. Only looked
+    for once torch has refused: a param beyond float32 that stays in Python (js_div's ``base``) is fine."""
+    msg = str(e)
+    if not any(s in msg for s in _OVERFLOW):
+        return None
+    dtype = _compute_dtype(list(call.inputs.values()))
     top = torch.finfo(dtype).max
-    for name in type(p).model_fields:
-        value = getattr(p, name)
+    errors = []
+    for name, value in call.param_kwargs.items():
         for v in value if isinstance(value, list) else (value,):
             if isinstance(v, bool):
                 continue
             if isinstance(v, int) and not _INT64[0] <= v <= _INT64[1]:
-                raise field_error(("params", name), f"{v} is outside the int64 range")
-            if isinstance(v, float) and abs(v) > top and abs(v) != float("inf"):
-                raise field_error(
-                    ("params", name), f"{v} is beyond {str(dtype).removeprefix('torch.')} (max {top:.4g})"
-                )
+                errors.append({"loc": ["params", name], "msg": f"{v} is outside the int64 range"})
+                break
+            if isinstance(v, float) and math.isfinite(v) and abs(v) > top:
+                where = str(dtype).removeprefix("torch.")
+                errors.append({"loc": ["params", name], "msg": f"{v} is beyond {where} (max {top:.4g})"})
+                break
+    if not errors:
+        return None
+    first = errors[0]
+    return Problem(422, f"params.{first['loc'][1]}: {first['msg']}", errors=errors)
 
 
 def convert(inp: Input, t: JSONTensor, dtype: torch.dtype) -> JSONTensor:
@@ -205,8 +217,10 @@ def parse_params(spec: LossSpec, params: Any) -> Params:
         params = {}
     if not isinstance(params, dict):
         raise field_error(("params",), "expected an object")
-    if any(isinstance(v, (str, list)) for v in params.values()):
-        params = {k: _nonfinite(v) for k, v in params.items()}
+    for v in params.values():
+        if (type(v) is str and v in _NONFINITE) or type(v) is list:
+            params = {k: _nonfinite(v) for k, v in params.items()}
+            break
     try:
         return spec.params.model_validate(params)
     except pydantic.ValidationError as e:
@@ -277,8 +291,6 @@ class Engine:
             orig = inputs[name]
             assert isinstance(orig, torch.Tensor)
             grad_dtypes[name] = orig.dtype if orig.dtype in FLOATS else torch.float32  # integer data: float32
-        if default is None:
-            _check_param_ranges(p, dtype)
         if spec.check is not None:
             try:
                 spec.check(converted, p)
@@ -302,7 +314,9 @@ class Engine:
         try:
             return self._run(call)
         except (RuntimeError, ValueError, IndexError) as e:
-            raise self._device_problem(e, f"this {call.spec.name} call", call.spec.name) from None
+            raise param_overflow(call, e) or self._device_problem(
+                e, f"this {call.spec.name} call", call.spec.name
+            ) from None
 
     def _device_problem(self, e: Exception, what: str, name: str) -> Problem:
         """A device failure as a problem: out of memory is 503 (and the cache is freed), anything else 422."""
@@ -377,8 +391,15 @@ class Engine:
         try:
             return self._run_composite(comp)
         except _TermFailed as f:
-            name = f"terms.{f.index} ({comp.terms[f.index].call.spec.name})"
-            problem = self._device_problem(f.error, "this composite call", name)
+            call = comp.terms[f.index].call
+            refused = param_overflow(call, f.error)
+            if refused is not None:
+                raise Problem(
+                    422,
+                    f"term {f.index} ({call.spec.name}): {refused.detail}",
+                    errors=refused.within(("terms", f.index)).errors,
+                ) from None
+            problem = self._device_problem(f.error, "this composite call", f"term {f.index} ({call.spec.name})")
             if problem.status == 422:
                 problem.errors = [{"loc": ["terms", f.index], "msg": str(f.error)}]
             raise problem from None

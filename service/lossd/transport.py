@@ -14,7 +14,7 @@ import os
 from typing import Any
 
 import orjson
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 # Joining copies; past this a list of buffers goes out as it is (writelines).
 JOIN_MAX_BYTES = 64 * 1024
@@ -66,21 +66,7 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
     transport: TurnWriter  # type: ignore[assignment]
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        # Requests received whole and not answered yet, oldest first; and whether the client is done sending.
-        self._unanswered: list[RequestResponseCycle] = []
-        self._eof = False
         super().connection_made(TurnWriter(transport, self.loop))  # type: ignore[arg-type]
-
-    def on_message_complete(self) -> None:
-        if not self.cycle.response_complete:
-            self._unanswered.append(self.cycle)
-        super().on_message_complete()
-
-    def on_response_complete(self) -> None:
-        self._unanswered = [c for c in self._unanswered if not c.response_complete]
-        if self._eof and not self._unanswered:
-            self.transport.close()  # and a request cut short behind the last whole one is never started
-        super().on_response_complete()
 
     def send_400_response(self, msg: str) -> None:
         """A request that is not HTTP (bad framing, a Content-Length that is not a number): the
@@ -102,15 +88,15 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
         """A client that shuts down its side after its requests (``nc -N``, some HTTP/1.0 scripts).
 
         uvicorn takes EOF for a client gone: the transport closes, and calls still being computed
-        are never answered. A client is only done sending (RFC 9112, section 9.6): every request
-        that arrived whole is answered, the last with ``connection: close``, and the connection
-        closes after it. A request cut short by the EOF is not answered.
+        are never answered. A client is only done sending (RFC 9112, section 9.6): when its last
+        request arrived whole, it and any pipelined before it are answered, the last with
+        ``connection: close``, and the connection closes after it. A request cut short by the EOF
+        is not answered (nor, if its headers had arrived, those before it).
         """
         self.transport.flush()
-        self._unanswered = [c for c in self._unanswered if not c.response_complete]
-        if not self._unanswered:
+        newest = self.cycle  # the last request whose headers were parsed
+        if newest is None or newest.response_complete or newest.more_body:
             super().eof_received()
             return None  # the transport closes itself
-        self._eof = True
-        self._unanswered[-1].keep_alive = False
+        newest.keep_alive = False  # closes the transport once it is answered
         return True
