@@ -22,3 +22,6 @@ LOSSD_TEST_DEVICE=cuda timeout 300 python3 -m pytest -q -p no:cacheprovider -x \
 if [ -f scripts/gpu_bench.py ]; then
     timeout 200 python3 scripts/gpu_bench.py 2>&1 | tee "$OUT/gpu_bench.log"
 fi
+
+# 3. Which losses differ bit-wise between runs on the GPU, and which refuse deterministic mode.
+timeout 120 python3 scripts/gpu_determinism.py --device cuda 2>&1 | tee "$OUT/gpu_determinism.log" | tail -45
