@@ -70,6 +70,11 @@ def test_out_of_memory_is_503_and_engine_keeps_working(engine: Engine) -> None:
     with pytest.raises(Problem) as e:
         engine.run(engine.prepare(replace(spec, fn=oom), {"input": torch.ones(2), "target": torch.zeros(2)}, {}, False))
     assert e.value.status == 503 and e.value.headers["Retry-After"]
+    # In the body too, for a batch's failed call (which has no headers of its own); as a bare problem
+    # within a batch, as the batch keeps it.
+    kept = e.value.bare().within(("calls", 3))
+    assert kept.body()["retry_after"] == int(e.value.headers["Retry-After"]) and kept.body()["status"] == 503
+    assert "retry_after" not in Problem(503, "perceptual needs weights").body()
     r = engine.run(engine.prepare(spec, {"input": torch.ones(2), "target": torch.zeros(2)}, {}, False))
     assert float(r.value) == 1.0
 

@@ -67,6 +67,12 @@ class Problem(Exception):
         out: dict[str, Any] = {"type": self.type, "title": self.title, "status": self.status, "detail": self.detail}
         if self.errors:
             out["errors"] = self.errors
+        retry = self.headers.get("Retry-After")
+        if retry is not None and retry.isdigit():
+            # Also in the body (an RFC 9457 extension member): a batch's failed call has no headers of
+            # its own, and a device out of memory (retry) must read differently from a loss the
+            # server is not configured for (no retry).
+            out["retry_after"] = int(retry)
         return out
 
 
