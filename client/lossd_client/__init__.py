@@ -26,6 +26,7 @@ from lossd_client.errors import (
     ServerError,
     TransportError,
     Unavailable,
+    UnexpectedResponse,
     UnsupportedMediaType,
     ValidationError,
 )
@@ -73,6 +74,7 @@ __all__ = [
     "TorchResult",
     "TransportError",
     "Unavailable",
+    "UnexpectedResponse",
     "UnsupportedMediaType",
     "ValidationError",
 ]

@@ -193,7 +193,7 @@ class LossMethods(SyncLossCaller):
         *,
         beta: float | None = None,
         reduction: Literal["mean", "sum", "none"] = "mean",
-        grad: bool | Sequence[Literal["input"]] = False,
+        grad: bool | Literal["input"] | Sequence[Literal["input"]] = False,
     ) -> LossResult:
         """Class-balanced sigmoid cross entropy -b*y*log s(x) - (1-b)*(1-y)*log(1-s(x)), b = beta or per sample the fraction of zero targets (HED); mean over elements.
 
@@ -219,7 +219,7 @@ class LossMethods(SyncLossCaller):
         weight: TensorLike | None = None,
         *,
         reduction: Literal["mean", "sum", "none"] = "mean",
-        grad: bool | Sequence[Literal["input"]] = False,
+        grad: bool | Literal["input"] | Sequence[Literal["input"]] = False,
     ) -> LossResult:
         """Binary cross entropy on probabilities: -w*(y*log p + (1-y)*log(1-p)) per element, logs clamped at -100 (torch.nn.functional.binary_cross_entropy).
 
@@ -244,7 +244,7 @@ class LossMethods(SyncLossCaller):
         pos_weight: TensorLike | None = None,
         *,
         reduction: Literal["mean", "sum", "none"] = "mean",
-        grad: bool | Sequence[Literal["input"]] = False,
+        grad: bool | Literal["input"] | Sequence[Literal["input"]] = False,
     ) -> LossResult:
         """Sigmoid cross entropy on logits: -w*(pw*y*log s(x) + (1-y)*log(1-s(x))) per element (torch.nn.functional.binary_cross_entropy_with_logits).
 
@@ -271,7 +271,7 @@ class LossMethods(SyncLossCaller):
         target: TensorLike,
         *,
         reduction: Literal["mean", "sum", "none"] = "mean",
-        grad: bool | Sequence[Literal["input"]] = False,
+        grad: bool | Literal["input"] | Sequence[Literal["input"]] = False,
     ) -> LossResult:
         """Keras categorical hinge max(0, 1 + max_j((1-t_j)*f_j) - sum_j t_j*f_j) per sample.
 
@@ -297,7 +297,7 @@ class LossMethods(SyncLossCaller):
         hm_weight: float = 1.0,
         wh_weight: float = 0.1,
         off_weight: float = 1.0,
-        grad: bool | Sequence[Literal["hm", "wh", "offset"]] = False,
+        grad: bool | Literal["hm", "wh", "offset"] | Sequence[Literal["hm", "wh", "offset"]] = False,
     ) -> LossResult:
         """CenterNet: hm_weight*centernet_focal(hm) + wh_weight*RegL1(wh) + off_weight*RegL1(offset); terms hm, wh, offset.
 
@@ -337,7 +337,7 @@ class LossMethods(SyncLossCaller):
         alpha: float = 2.0,
         beta: float = 4.0,
         from_logits: bool = True,
-        grad: bool | Sequence[Literal["input"]] = False,
+        grad: bool | Literal["input"] | Sequence[Literal["input"]] = False,
     ) -> LossResult:
         """CenterNet heatmap focal loss: -(sum_pos (1-p)^a log p + sum_neg (1-y)^b p^a log(1-p)) / num_pos, p = sigmoid(input) clamped to [1e-4, 1-1e-4].
 
@@ -364,7 +364,7 @@ class LossMethods(SyncLossCaller):
         *,
         margin: float = 1.0,
         reduction: Literal["mean", "sum", "none"] = "mean",
-        grad: bool | Sequence[Literal["x1", "x2"]] = False,
+        grad: bool | Literal["x1", "x2"] | Sequence[Literal["x1", "x2"]] = False,
     ) -> LossResult:
         """Contrastive loss per pair: 0.5*y*d^2 + 0.5*(1-y)*max(0, margin-d)^2, d = ||x1-x2||_2.
 
@@ -389,7 +389,7 @@ class LossMethods(SyncLossCaller):
         *,
         margin: float = 0.0,
         reduction: Literal["mean", "sum", "none"] = "mean",
-        grad: bool | Sequence[Literal["input1", "input2"]] = False,
+        grad: bool | Literal["input1", "input2"] | Sequence[Literal["input1", "input2"]] = False,
     ) -> LossResult:
         """Cosine embedding loss per pair: 1-cos(x1,x2) for y=1, max(0, cos(x1,x2)-margin) for y=-1 (torch.nn.functional.cosine_embedding_loss).
 
@@ -416,7 +416,7 @@ class LossMethods(SyncLossCaller):
         ignore_index: int = -100,
         label_smoothing: float = 0.0,
         reduction: Literal["mean", "sum", "none"] = "mean",
-        grad: bool | Sequence[Literal["input"]] = False,
+        grad: bool | Literal["input"] | Sequence[Literal["input"]] = False,
     ) -> LossResult:
         """Softmax cross entropy over dim 1: -log softmax(input)[target], or -sum t*log softmax(input) for probability targets (torch.nn.functional.cross_entropy).
 
@@ -447,7 +447,7 @@ class LossMethods(SyncLossCaller):
         zero_infinity: bool = False,
         input_is: Literal["log_probs", "logits"] = "log_probs",
         reduction: Literal["mean", "sum", "none"] = "mean",
-        grad: bool | Sequence[Literal["input"]] = False,
+        grad: bool | Literal["input"] | Sequence[Literal["input"]] = False,
     ) -> LossResult:
         """CTC: -log sum over alignments of prod_t exp(log_probs[t, pi_t]) per sample (torch.nn.functional.ctc_loss values; mean divides by target lengths), with the true gradient w.r.t. the input.
 
@@ -479,13 +479,13 @@ class LossMethods(SyncLossCaller):
         over: Literal["all", "sample", "sample_class"] = "all",
         include_background: bool = True,
         reduction: Literal["mean", "sum", "none"] = "mean",
-        grad: bool | Sequence[Literal["input"]] = False,
+        grad: bool | Literal["input"] | Sequence[Literal["input"]] = False,
     ) -> LossResult:
         """Soft Dice: 1 - (2*sum(p*t) + smooth) / (sum(p) + sum(t) + smooth + eps), over all elements, per sample or per (sample, class).
 
         Inputs:
             input: (N,C,d1..dk); probabilities, or logits (see activation); differentiable
-            target: shaped like input (probabilities / one-hot in [0,1]), or (N,d1..dk) integer class indices; ground truth; indices are one-hot encoded over dim 1
+            target: shaped like input (probabilities / one-hot in [0,1], or bool one-hot), or (N,d1..dk) class indices; ground truth; indices are one-hot encoded over dim 1
 
         Reference: float64 formula in the tests (numpy); gradcheck on input
         """
@@ -543,7 +543,7 @@ class LossMethods(SyncLossCaller):
         target: TensorLike,
         *,
         reduction: Literal["mean", "sum", "none"] = "mean",
-        grad: bool | Sequence[Literal["input"]] = False,
+        grad: bool | Literal["input"] | Sequence[Literal["input"]] = False,
     ) -> LossResult:
         """Exponential (AdaBoost) loss exp(-y*f) per element; {0,1} targets map to 2t-1.
 
@@ -566,7 +566,7 @@ class LossMethods(SyncLossCaller):
         alpha: float | Sequence[float] | None = None,
         ignore_index: int = -100,
         reduction: Literal["mean", "sum", "none"] = "mean",
-        grad: bool | Sequence[Literal["input"]] = False,
+        grad: bool | Literal["input"] | Sequence[Literal["input"]] = False,
     ) -> LossResult:
         """Softmax focal loss: -a_t * (1-p_t)^gamma * log(p_t) per element, mean over non-ignored elements.
 
@@ -595,7 +595,7 @@ class LossMethods(SyncLossCaller):
         a: float = 0.0,
         b: float = 1.0,
         c: float = 1.0,
-        grad: bool | Sequence[Literal["fake", "real"]] = False,
+        grad: bool | Literal["fake", "real"] | Sequence[Literal["fake", "real"]] = False,
     ) -> LossResult:
         """GAN objectives (minimax, non_saturating, least_squares, hinge, wasserstein) for the discriminator or the generator, from discriminator outputs on fake and real samples (logits for minimax/non_saturating).
 
@@ -618,7 +618,7 @@ class LossMethods(SyncLossCaller):
         full: bool = False,
         eps: float = 1e-06,
         reduction: Literal["mean", "sum", "none"] = "mean",
-        grad: bool | Sequence[Literal["input", "target", "var"]] = False,
+        grad: bool | Literal["input", "target", "var"] | Sequence[Literal["input", "target", "var"]] = False,
     ) -> LossResult:
         """Gaussian NLL 0.5*(log max(var,eps) + (x-y)^2/max(var,eps)) per element, +0.5*log(2pi) when full (torch.nn.functional.gaussian_nll_loss).
 
@@ -644,7 +644,7 @@ class LossMethods(SyncLossCaller):
         margin: float = 1.0,
         squared: bool = False,
         reduction: Literal["mean", "sum", "none"] = "mean",
-        grad: bool | Sequence[Literal["input"]] = False,
+        grad: bool | Literal["input"] | Sequence[Literal["input"]] = False,
     ) -> LossResult:
         """Hinge loss max(0, margin - y*f) per element (squared=true: its square); {0,1} targets map to 2t-1.
 
@@ -668,7 +668,7 @@ class LossMethods(SyncLossCaller):
         *,
         margin: float = 1.0,
         reduction: Literal["mean", "sum", "none"] = "mean",
-        grad: bool | Sequence[Literal["input"]] = False,
+        grad: bool | Literal["input"] | Sequence[Literal["input"]] = False,
     ) -> LossResult:
         """Hinge embedding loss: x where y=1, max(0, margin - x) where y=-1, per element (torch.nn.functional.hinge_embedding_loss).
 
@@ -689,7 +689,7 @@ class LossMethods(SyncLossCaller):
         *,
         delta: float = 1.0,
         reduction: Literal["mean", "sum", "none"] = "mean",
-        grad: bool | Sequence[Literal["input", "target"]] = False,
+        grad: bool | Literal["input", "target"] | Sequence[Literal["input", "target"]] = False,
     ) -> LossResult:
         """Huber: 0.5*r^2 for |r|<delta, else delta*(|r|-0.5*delta) (torch.nn.functional.huber_loss).
 
@@ -710,7 +710,7 @@ class LossMethods(SyncLossCaller):
         *,
         temperature: float = 0.1,
         reduction: Literal["mean", "sum", "none"] = "mean",
-        grad: bool | Sequence[Literal["z1", "z2"]] = False,
+        grad: bool | Literal["z1", "z2"] | Sequence[Literal["z1", "z2"]] = False,
     ) -> LossResult:
         """SimCLR NT-Xent over the 2N views: -log(exp(cos(z_i,z_pos)/T) / sum_{k!=i} exp(cos(z_i,z_k)/T)) per view, z1's views first.
 
@@ -734,7 +734,7 @@ class LossMethods(SyncLossCaller):
         input_is: Literal["probs", "logits", "log_probs"] = "probs",
         base: float | None = None,
         reduction: Literal["mean", "sum", "none"] = "mean",
-        grad: bool | Sequence[Literal["input", "target"]] = False,
+        grad: bool | Literal["input", "target"] | Sequence[Literal["input", "target"]] = False,
     ) -> LossResult:
         """Jensen-Shannon divergence per row over the last dim: 0.5*KL(P||M) + 0.5*KL(Q||M), M=(P+Q)/2, natural log unless base is given.
 
@@ -760,7 +760,7 @@ class LossMethods(SyncLossCaller):
         *,
         log_target: bool = False,
         reduction: Literal["batchmean", "mean", "sum", "none"] = "batchmean",
-        grad: bool | Sequence[Literal["input", "target"]] = False,
+        grad: bool | Literal["input", "target"] | Sequence[Literal["input", "target"]] = False,
     ) -> LossResult:
         """KL divergence t*(log t - x) per element, x log-probabilities (exp(t)*(t-x) with log_target); default reduction batchmean (torch.nn.functional.kl_div).
 
@@ -782,7 +782,7 @@ class LossMethods(SyncLossCaller):
         target: TensorLike,
         *,
         reduction: Literal["mean", "sum", "none"] = "mean",
-        grad: bool | Sequence[Literal["input", "target"]] = False,
+        grad: bool | Literal["input", "target"] | Sequence[Literal["input", "target"]] = False,
     ) -> LossResult:
         """Absolute error |input-target| per element (torch.nn.functional.l1_loss).
 
@@ -802,7 +802,7 @@ class LossMethods(SyncLossCaller):
         target: TensorLike,
         *,
         reduction: Literal["mean", "sum", "none"] = "mean",
-        grad: bool | Sequence[Literal["input", "target"]] = False,
+        grad: bool | Literal["input", "target"] | Sequence[Literal["input", "target"]] = False,
     ) -> LossResult:
         """log(cosh(input-target)) per element, computed stably (log1p(2*sinh(r/2)^2), or |r| + softplus(-2|r|) - log 2 for |r| >= 15).
 
@@ -822,7 +822,7 @@ class LossMethods(SyncLossCaller):
         *,
         margin: float = 0.0,
         reduction: Literal["mean", "sum", "none"] = "mean",
-        grad: bool | Sequence[Literal["input1", "input2"]] = False,
+        grad: bool | Literal["input1", "input2"] | Sequence[Literal["input1", "input2"]] = False,
     ) -> LossResult:
         """Margin ranking loss max(0, -y*(x1-x2) + margin) per element (torch.nn.functional.margin_ranking_loss).
 
@@ -847,7 +847,7 @@ class LossMethods(SyncLossCaller):
         *,
         half: bool = False,
         reduction: Literal["mean", "sum", "none"] = "mean",
-        grad: bool | Sequence[Literal["input", "target"]] = False,
+        grad: bool | Literal["input", "target"] | Sequence[Literal["input", "target"]] = False,
     ) -> LossResult:
         """Squared error (input-target)^2 per element (torch.nn.functional.mse_loss); half=true halves it.
 
@@ -870,7 +870,7 @@ class LossMethods(SyncLossCaller):
         p: Literal[1, 2] = 1,
         margin: float = 1.0,
         reduction: Literal["mean", "sum", "none"] = "mean",
-        grad: bool | Sequence[Literal["input"]] = False,
+        grad: bool | Literal["input"] | Sequence[Literal["input"]] = False,
     ) -> LossResult:
         """Multi-class hinge sum_{j!=y} w[y]*max(0, margin - x[y] + x[j])^p / C per sample (torch.nn.functional.multi_margin_loss).
 
@@ -896,7 +896,7 @@ class LossMethods(SyncLossCaller):
         target: TensorLike,
         *,
         reduction: Literal["mean", "sum", "none"] = "mean",
-        grad: bool | Sequence[Literal["input"]] = False,
+        grad: bool | Literal["input"] | Sequence[Literal["input"]] = False,
     ) -> LossResult:
         """Multi-label hinge sum_{j in Y, i not in Y} max(0, 1 - (x[j] - x[i])) / C per sample, targets -1 padded (torch.nn.functional.multilabel_margin_loss).
 
@@ -915,7 +915,7 @@ class LossMethods(SyncLossCaller):
         weight: TensorLike | None = None,
         *,
         reduction: Literal["mean", "sum", "none"] = "mean",
-        grad: bool | Sequence[Literal["input"]] = False,
+        grad: bool | Literal["input"] | Sequence[Literal["input"]] = False,
     ) -> LossResult:
         """Multi-label logistic loss -mean_c w_c*(y_c*log s(x_c) + (1-y_c)*log s(-x_c)) per sample (torch.nn.functional.multilabel_soft_margin_loss).
 
@@ -941,7 +941,7 @@ class LossMethods(SyncLossCaller):
         *,
         ignore_index: int = -100,
         reduction: Literal["mean", "sum", "none"] = "mean",
-        grad: bool | Sequence[Literal["input"]] = False,
+        grad: bool | Literal["input"] | Sequence[Literal["input"]] = False,
     ) -> LossResult:
         """Negative log likelihood -w[target] * input[target] over dim 1 of log-probabilities, weighted mean over non-ignored elements (torch.nn.functional.nll_loss).
 
@@ -992,7 +992,7 @@ class LossMethods(SyncLossCaller):
         distance: Literal["l2", "l1"] = "l2",
         normalize: bool = True,
         reduction: Literal["mean", "sum", "none"] = "mean",
-        grad: bool | Sequence[Literal["input"]] = False,
+        grad: bool | Literal["input"] | Sequence[Literal["input"]] = False,
     ) -> LossResult:
         """VGG16 perceptual loss: sum over layers of weight * mean (squared or absolute) difference of the VGG16 ReLU features of input and target (Johnson et al. 2016); needs the vgg16_weights setting.
 
@@ -1026,7 +1026,7 @@ class LossMethods(SyncLossCaller):
         full: bool = False,
         eps: float = 1e-08,
         reduction: Literal["mean", "sum", "none"] = "mean",
-        grad: bool | Sequence[Literal["input"]] = False,
+        grad: bool | Literal["input"] | Sequence[Literal["input"]] = False,
     ) -> LossResult:
         """Poisson NLL exp(x) - y*x (log_input) or x - y*log(x+eps), plus Stirling term when full (torch.nn.functional.poisson_nll_loss).
 
@@ -1050,7 +1050,7 @@ class LossMethods(SyncLossCaller):
         *,
         q: float = 0.5,
         reduction: Literal["mean", "sum", "none"] = "mean",
-        grad: bool | Sequence[Literal["input", "target"]] = False,
+        grad: bool | Literal["input", "target"] | Sequence[Literal["input", "target"]] = False,
     ) -> LossResult:
         """Pinball loss max(q*(target-input), (q-1)*(target-input)) per element, q in [0,1].
 
@@ -1072,7 +1072,7 @@ class LossMethods(SyncLossCaller):
         alpha: float = 0.25,
         gamma: float = 2.0,
         reduction: Literal["mean", "sum", "none"] = "mean",
-        grad: bool | Sequence[Literal["input"]] = False,
+        grad: bool | Literal["input"] | Sequence[Literal["input"]] = False,
     ) -> LossResult:
         """Sigmoid focal loss a_t*(1-p_t)^gamma*BCEWithLogits(x,y) per element, p = sigmoid(x) (torchvision.ops.sigmoid_focal_loss, default reduction mean).
 
@@ -1098,7 +1098,7 @@ class LossMethods(SyncLossCaller):
         *,
         beta: float = 1.0,
         reduction: Literal["mean", "sum", "none"] = "mean",
-        grad: bool | Sequence[Literal["input", "target"]] = False,
+        grad: bool | Literal["input", "target"] | Sequence[Literal["input", "target"]] = False,
     ) -> LossResult:
         """Smooth L1: 0.5*r^2/beta for |r|<beta, else |r|-0.5*beta (torch.nn.functional.smooth_l1_loss).
 
@@ -1118,7 +1118,7 @@ class LossMethods(SyncLossCaller):
         target: TensorLike,
         *,
         reduction: Literal["mean", "sum", "none"] = "mean",
-        grad: bool | Sequence[Literal["input"]] = False,
+        grad: bool | Literal["input"] | Sequence[Literal["input"]] = False,
     ) -> LossResult:
         """Soft margin (logistic) loss log(1 + exp(-y*x)) per element (torch.nn.functional.soft_margin_loss).
 
@@ -1137,7 +1137,7 @@ class LossMethods(SyncLossCaller):
         *,
         margin: float = 1.0,
         reduction: Literal["mean", "sum", "none"] = "mean",
-        grad: bool | Sequence[Literal["input"]] = False,
+        grad: bool | Literal["input"] | Sequence[Literal["input"]] = False,
     ) -> LossResult:
         """Squared hinge loss max(0, margin - y*f)^2 per element; {0,1} targets map to 2t-1.
 
@@ -1157,7 +1157,7 @@ class LossMethods(SyncLossCaller):
         *,
         norm: Literal["l1", "l2", "isotropic"] = "l1",
         reduction: Literal["mean", "sum", "none"] = "mean",
-        grad: bool | Sequence[Literal["input"]] = False,
+        grad: bool | Literal["input"] | Sequence[Literal["input"]] = False,
     ) -> LossResult:
         """Total variation per image: sum of |vertical| + |horizontal| neighbour differences (l1), squared (l2), or sqrt(dv^2 + dh^2 + 1e-8) per pixel (isotropic).
 
@@ -1181,7 +1181,9 @@ class LossMethods(SyncLossCaller):
         eps: float = 1e-06,
         swap: bool = False,
         reduction: Literal["mean", "sum", "none"] = "mean",
-        grad: bool | Sequence[Literal["anchor", "positive", "negative"]] = False,
+        grad: bool
+        | Literal["anchor", "positive", "negative"]
+        | Sequence[Literal["anchor", "positive", "negative"]] = False,
     ) -> LossResult:
         """Triplet loss max(0, ||a-p+eps||_p - ||a-n+eps||_p + margin) per triplet (torch.nn.functional.triplet_margin_loss).
 
@@ -1209,7 +1211,7 @@ class LossMethods(SyncLossCaller):
         c: float = 4.6851,
         scale: Literal["mad", "none"] | float = "mad",
         reduction: Literal["mean", "sum", "none"] = "mean",
-        grad: bool | Sequence[Literal["input", "target"]] = False,
+        grad: bool | Literal["input", "target"] | Sequence[Literal["input", "target"]] = False,
     ) -> LossResult:
         """Tukey biweight: c^2/6*(1-(1-(u/c)^2)^3) for |u|<=c else c^2/6, u=(input-target)/scale, scale 1.4826*MAD over dim 0 (constant for the gradient), none, or a number.
 
@@ -1238,13 +1240,13 @@ class LossMethods(SyncLossCaller):
         alpha: float = 0.5,
         beta: float = 0.5,
         reduction: Literal["mean", "sum", "none"] = "mean",
-        grad: bool | Sequence[Literal["input"]] = False,
+        grad: bool | Literal["input"] | Sequence[Literal["input"]] = False,
     ) -> LossResult:
         """Soft Tversky: 1 - (TP + smooth) / (TP + alpha*FP + beta*FN + smooth + eps), grouped like dice.
 
         Inputs:
             input: (N,C,d1..dk); probabilities, or logits (see activation); differentiable
-            target: shaped like input (probabilities / one-hot in [0,1]), or (N,d1..dk) integer class indices; ground truth; indices are one-hot encoded over dim 1
+            target: shaped like input (probabilities / one-hot in [0,1], or bool one-hot), or (N,d1..dk) class indices; ground truth; indices are one-hot encoded over dim 1
 
         Reference: float64 formula in the tests (numpy); equals dice at alpha=beta=0.5, smooth=eps=0; gradcheck on input
         """
@@ -1275,7 +1277,7 @@ class AsyncLossMethods(AsyncLossCaller):
         *,
         beta: float | None = None,
         reduction: Literal["mean", "sum", "none"] = "mean",
-        grad: bool | Sequence[Literal["input"]] = False,
+        grad: bool | Literal["input"] | Sequence[Literal["input"]] = False,
     ) -> LossResult:
         """Class-balanced sigmoid cross entropy -b*y*log s(x) - (1-b)*(1-y)*log(1-s(x)), b = beta or per sample the fraction of zero targets (HED); mean over elements.
 
@@ -1301,7 +1303,7 @@ class AsyncLossMethods(AsyncLossCaller):
         weight: TensorLike | None = None,
         *,
         reduction: Literal["mean", "sum", "none"] = "mean",
-        grad: bool | Sequence[Literal["input"]] = False,
+        grad: bool | Literal["input"] | Sequence[Literal["input"]] = False,
     ) -> LossResult:
         """Binary cross entropy on probabilities: -w*(y*log p + (1-y)*log(1-p)) per element, logs clamped at -100 (torch.nn.functional.binary_cross_entropy).
 
@@ -1326,7 +1328,7 @@ class AsyncLossMethods(AsyncLossCaller):
         pos_weight: TensorLike | None = None,
         *,
         reduction: Literal["mean", "sum", "none"] = "mean",
-        grad: bool | Sequence[Literal["input"]] = False,
+        grad: bool | Literal["input"] | Sequence[Literal["input"]] = False,
     ) -> LossResult:
         """Sigmoid cross entropy on logits: -w*(pw*y*log s(x) + (1-y)*log(1-s(x))) per element (torch.nn.functional.binary_cross_entropy_with_logits).
 
@@ -1353,7 +1355,7 @@ class AsyncLossMethods(AsyncLossCaller):
         target: TensorLike,
         *,
         reduction: Literal["mean", "sum", "none"] = "mean",
-        grad: bool | Sequence[Literal["input"]] = False,
+        grad: bool | Literal["input"] | Sequence[Literal["input"]] = False,
     ) -> LossResult:
         """Keras categorical hinge max(0, 1 + max_j((1-t_j)*f_j) - sum_j t_j*f_j) per sample.
 
@@ -1381,7 +1383,7 @@ class AsyncLossMethods(AsyncLossCaller):
         hm_weight: float = 1.0,
         wh_weight: float = 0.1,
         off_weight: float = 1.0,
-        grad: bool | Sequence[Literal["hm", "wh", "offset"]] = False,
+        grad: bool | Literal["hm", "wh", "offset"] | Sequence[Literal["hm", "wh", "offset"]] = False,
     ) -> LossResult:
         """CenterNet: hm_weight*centernet_focal(hm) + wh_weight*RegL1(wh) + off_weight*RegL1(offset); terms hm, wh, offset.
 
@@ -1421,7 +1423,7 @@ class AsyncLossMethods(AsyncLossCaller):
         alpha: float = 2.0,
         beta: float = 4.0,
         from_logits: bool = True,
-        grad: bool | Sequence[Literal["input"]] = False,
+        grad: bool | Literal["input"] | Sequence[Literal["input"]] = False,
     ) -> LossResult:
         """CenterNet heatmap focal loss: -(sum_pos (1-p)^a log p + sum_neg (1-y)^b p^a log(1-p)) / num_pos, p = sigmoid(input) clamped to [1e-4, 1-1e-4].
 
@@ -1448,7 +1450,7 @@ class AsyncLossMethods(AsyncLossCaller):
         *,
         margin: float = 1.0,
         reduction: Literal["mean", "sum", "none"] = "mean",
-        grad: bool | Sequence[Literal["x1", "x2"]] = False,
+        grad: bool | Literal["x1", "x2"] | Sequence[Literal["x1", "x2"]] = False,
     ) -> LossResult:
         """Contrastive loss per pair: 0.5*y*d^2 + 0.5*(1-y)*max(0, margin-d)^2, d = ||x1-x2||_2.
 
@@ -1473,7 +1475,7 @@ class AsyncLossMethods(AsyncLossCaller):
         *,
         margin: float = 0.0,
         reduction: Literal["mean", "sum", "none"] = "mean",
-        grad: bool | Sequence[Literal["input1", "input2"]] = False,
+        grad: bool | Literal["input1", "input2"] | Sequence[Literal["input1", "input2"]] = False,
     ) -> LossResult:
         """Cosine embedding loss per pair: 1-cos(x1,x2) for y=1, max(0, cos(x1,x2)-margin) for y=-1 (torch.nn.functional.cosine_embedding_loss).
 
@@ -1500,7 +1502,7 @@ class AsyncLossMethods(AsyncLossCaller):
         ignore_index: int = -100,
         label_smoothing: float = 0.0,
         reduction: Literal["mean", "sum", "none"] = "mean",
-        grad: bool | Sequence[Literal["input"]] = False,
+        grad: bool | Literal["input"] | Sequence[Literal["input"]] = False,
     ) -> LossResult:
         """Softmax cross entropy over dim 1: -log softmax(input)[target], or -sum t*log softmax(input) for probability targets (torch.nn.functional.cross_entropy).
 
@@ -1531,7 +1533,7 @@ class AsyncLossMethods(AsyncLossCaller):
         zero_infinity: bool = False,
         input_is: Literal["log_probs", "logits"] = "log_probs",
         reduction: Literal["mean", "sum", "none"] = "mean",
-        grad: bool | Sequence[Literal["input"]] = False,
+        grad: bool | Literal["input"] | Sequence[Literal["input"]] = False,
     ) -> LossResult:
         """CTC: -log sum over alignments of prod_t exp(log_probs[t, pi_t]) per sample (torch.nn.functional.ctc_loss values; mean divides by target lengths), with the true gradient w.r.t. the input.
 
@@ -1563,13 +1565,13 @@ class AsyncLossMethods(AsyncLossCaller):
         over: Literal["all", "sample", "sample_class"] = "all",
         include_background: bool = True,
         reduction: Literal["mean", "sum", "none"] = "mean",
-        grad: bool | Sequence[Literal["input"]] = False,
+        grad: bool | Literal["input"] | Sequence[Literal["input"]] = False,
     ) -> LossResult:
         """Soft Dice: 1 - (2*sum(p*t) + smooth) / (sum(p) + sum(t) + smooth + eps), over all elements, per sample or per (sample, class).
 
         Inputs:
             input: (N,C,d1..dk); probabilities, or logits (see activation); differentiable
-            target: shaped like input (probabilities / one-hot in [0,1]), or (N,d1..dk) integer class indices; ground truth; indices are one-hot encoded over dim 1
+            target: shaped like input (probabilities / one-hot in [0,1], or bool one-hot), or (N,d1..dk) class indices; ground truth; indices are one-hot encoded over dim 1
 
         Reference: float64 formula in the tests (numpy); gradcheck on input
         """
@@ -1627,7 +1629,7 @@ class AsyncLossMethods(AsyncLossCaller):
         target: TensorLike,
         *,
         reduction: Literal["mean", "sum", "none"] = "mean",
-        grad: bool | Sequence[Literal["input"]] = False,
+        grad: bool | Literal["input"] | Sequence[Literal["input"]] = False,
     ) -> LossResult:
         """Exponential (AdaBoost) loss exp(-y*f) per element; {0,1} targets map to 2t-1.
 
@@ -1650,7 +1652,7 @@ class AsyncLossMethods(AsyncLossCaller):
         alpha: float | Sequence[float] | None = None,
         ignore_index: int = -100,
         reduction: Literal["mean", "sum", "none"] = "mean",
-        grad: bool | Sequence[Literal["input"]] = False,
+        grad: bool | Literal["input"] | Sequence[Literal["input"]] = False,
     ) -> LossResult:
         """Softmax focal loss: -a_t * (1-p_t)^gamma * log(p_t) per element, mean over non-ignored elements.
 
@@ -1679,7 +1681,7 @@ class AsyncLossMethods(AsyncLossCaller):
         a: float = 0.0,
         b: float = 1.0,
         c: float = 1.0,
-        grad: bool | Sequence[Literal["fake", "real"]] = False,
+        grad: bool | Literal["fake", "real"] | Sequence[Literal["fake", "real"]] = False,
     ) -> LossResult:
         """GAN objectives (minimax, non_saturating, least_squares, hinge, wasserstein) for the discriminator or the generator, from discriminator outputs on fake and real samples (logits for minimax/non_saturating).
 
@@ -1702,7 +1704,7 @@ class AsyncLossMethods(AsyncLossCaller):
         full: bool = False,
         eps: float = 1e-06,
         reduction: Literal["mean", "sum", "none"] = "mean",
-        grad: bool | Sequence[Literal["input", "target", "var"]] = False,
+        grad: bool | Literal["input", "target", "var"] | Sequence[Literal["input", "target", "var"]] = False,
     ) -> LossResult:
         """Gaussian NLL 0.5*(log max(var,eps) + (x-y)^2/max(var,eps)) per element, +0.5*log(2pi) when full (torch.nn.functional.gaussian_nll_loss).
 
@@ -1728,7 +1730,7 @@ class AsyncLossMethods(AsyncLossCaller):
         margin: float = 1.0,
         squared: bool = False,
         reduction: Literal["mean", "sum", "none"] = "mean",
-        grad: bool | Sequence[Literal["input"]] = False,
+        grad: bool | Literal["input"] | Sequence[Literal["input"]] = False,
     ) -> LossResult:
         """Hinge loss max(0, margin - y*f) per element (squared=true: its square); {0,1} targets map to 2t-1.
 
@@ -1752,7 +1754,7 @@ class AsyncLossMethods(AsyncLossCaller):
         *,
         margin: float = 1.0,
         reduction: Literal["mean", "sum", "none"] = "mean",
-        grad: bool | Sequence[Literal["input"]] = False,
+        grad: bool | Literal["input"] | Sequence[Literal["input"]] = False,
     ) -> LossResult:
         """Hinge embedding loss: x where y=1, max(0, margin - x) where y=-1, per element (torch.nn.functional.hinge_embedding_loss).
 
@@ -1773,7 +1775,7 @@ class AsyncLossMethods(AsyncLossCaller):
         *,
         delta: float = 1.0,
         reduction: Literal["mean", "sum", "none"] = "mean",
-        grad: bool | Sequence[Literal["input", "target"]] = False,
+        grad: bool | Literal["input", "target"] | Sequence[Literal["input", "target"]] = False,
     ) -> LossResult:
         """Huber: 0.5*r^2 for |r|<delta, else delta*(|r|-0.5*delta) (torch.nn.functional.huber_loss).
 
@@ -1794,7 +1796,7 @@ class AsyncLossMethods(AsyncLossCaller):
         *,
         temperature: float = 0.1,
         reduction: Literal["mean", "sum", "none"] = "mean",
-        grad: bool | Sequence[Literal["z1", "z2"]] = False,
+        grad: bool | Literal["z1", "z2"] | Sequence[Literal["z1", "z2"]] = False,
     ) -> LossResult:
         """SimCLR NT-Xent over the 2N views: -log(exp(cos(z_i,z_pos)/T) / sum_{k!=i} exp(cos(z_i,z_k)/T)) per view, z1's views first.
 
@@ -1818,7 +1820,7 @@ class AsyncLossMethods(AsyncLossCaller):
         input_is: Literal["probs", "logits", "log_probs"] = "probs",
         base: float | None = None,
         reduction: Literal["mean", "sum", "none"] = "mean",
-        grad: bool | Sequence[Literal["input", "target"]] = False,
+        grad: bool | Literal["input", "target"] | Sequence[Literal["input", "target"]] = False,
     ) -> LossResult:
         """Jensen-Shannon divergence per row over the last dim: 0.5*KL(P||M) + 0.5*KL(Q||M), M=(P+Q)/2, natural log unless base is given.
 
@@ -1844,7 +1846,7 @@ class AsyncLossMethods(AsyncLossCaller):
         *,
         log_target: bool = False,
         reduction: Literal["batchmean", "mean", "sum", "none"] = "batchmean",
-        grad: bool | Sequence[Literal["input", "target"]] = False,
+        grad: bool | Literal["input", "target"] | Sequence[Literal["input", "target"]] = False,
     ) -> LossResult:
         """KL divergence t*(log t - x) per element, x log-probabilities (exp(t)*(t-x) with log_target); default reduction batchmean (torch.nn.functional.kl_div).
 
@@ -1866,7 +1868,7 @@ class AsyncLossMethods(AsyncLossCaller):
         target: TensorLike,
         *,
         reduction: Literal["mean", "sum", "none"] = "mean",
-        grad: bool | Sequence[Literal["input", "target"]] = False,
+        grad: bool | Literal["input", "target"] | Sequence[Literal["input", "target"]] = False,
     ) -> LossResult:
         """Absolute error |input-target| per element (torch.nn.functional.l1_loss).
 
@@ -1886,7 +1888,7 @@ class AsyncLossMethods(AsyncLossCaller):
         target: TensorLike,
         *,
         reduction: Literal["mean", "sum", "none"] = "mean",
-        grad: bool | Sequence[Literal["input", "target"]] = False,
+        grad: bool | Literal["input", "target"] | Sequence[Literal["input", "target"]] = False,
     ) -> LossResult:
         """log(cosh(input-target)) per element, computed stably (log1p(2*sinh(r/2)^2), or |r| + softplus(-2|r|) - log 2 for |r| >= 15).
 
@@ -1906,7 +1908,7 @@ class AsyncLossMethods(AsyncLossCaller):
         *,
         margin: float = 0.0,
         reduction: Literal["mean", "sum", "none"] = "mean",
-        grad: bool | Sequence[Literal["input1", "input2"]] = False,
+        grad: bool | Literal["input1", "input2"] | Sequence[Literal["input1", "input2"]] = False,
     ) -> LossResult:
         """Margin ranking loss max(0, -y*(x1-x2) + margin) per element (torch.nn.functional.margin_ranking_loss).
 
@@ -1931,7 +1933,7 @@ class AsyncLossMethods(AsyncLossCaller):
         *,
         half: bool = False,
         reduction: Literal["mean", "sum", "none"] = "mean",
-        grad: bool | Sequence[Literal["input", "target"]] = False,
+        grad: bool | Literal["input", "target"] | Sequence[Literal["input", "target"]] = False,
     ) -> LossResult:
         """Squared error (input-target)^2 per element (torch.nn.functional.mse_loss); half=true halves it.
 
@@ -1956,7 +1958,7 @@ class AsyncLossMethods(AsyncLossCaller):
         p: Literal[1, 2] = 1,
         margin: float = 1.0,
         reduction: Literal["mean", "sum", "none"] = "mean",
-        grad: bool | Sequence[Literal["input"]] = False,
+        grad: bool | Literal["input"] | Sequence[Literal["input"]] = False,
     ) -> LossResult:
         """Multi-class hinge sum_{j!=y} w[y]*max(0, margin - x[y] + x[j])^p / C per sample (torch.nn.functional.multi_margin_loss).
 
@@ -1982,7 +1984,7 @@ class AsyncLossMethods(AsyncLossCaller):
         target: TensorLike,
         *,
         reduction: Literal["mean", "sum", "none"] = "mean",
-        grad: bool | Sequence[Literal["input"]] = False,
+        grad: bool | Literal["input"] | Sequence[Literal["input"]] = False,
     ) -> LossResult:
         """Multi-label hinge sum_{j in Y, i not in Y} max(0, 1 - (x[j] - x[i])) / C per sample, targets -1 padded (torch.nn.functional.multilabel_margin_loss).
 
@@ -2003,7 +2005,7 @@ class AsyncLossMethods(AsyncLossCaller):
         weight: TensorLike | None = None,
         *,
         reduction: Literal["mean", "sum", "none"] = "mean",
-        grad: bool | Sequence[Literal["input"]] = False,
+        grad: bool | Literal["input"] | Sequence[Literal["input"]] = False,
     ) -> LossResult:
         """Multi-label logistic loss -mean_c w_c*(y_c*log s(x_c) + (1-y_c)*log s(-x_c)) per sample (torch.nn.functional.multilabel_soft_margin_loss).
 
@@ -2029,7 +2031,7 @@ class AsyncLossMethods(AsyncLossCaller):
         *,
         ignore_index: int = -100,
         reduction: Literal["mean", "sum", "none"] = "mean",
-        grad: bool | Sequence[Literal["input"]] = False,
+        grad: bool | Literal["input"] | Sequence[Literal["input"]] = False,
     ) -> LossResult:
         """Negative log likelihood -w[target] * input[target] over dim 1 of log-probabilities, weighted mean over non-ignored elements (torch.nn.functional.nll_loss).
 
@@ -2080,7 +2082,7 @@ class AsyncLossMethods(AsyncLossCaller):
         distance: Literal["l2", "l1"] = "l2",
         normalize: bool = True,
         reduction: Literal["mean", "sum", "none"] = "mean",
-        grad: bool | Sequence[Literal["input"]] = False,
+        grad: bool | Literal["input"] | Sequence[Literal["input"]] = False,
     ) -> LossResult:
         """VGG16 perceptual loss: sum over layers of weight * mean (squared or absolute) difference of the VGG16 ReLU features of input and target (Johnson et al. 2016); needs the vgg16_weights setting.
 
@@ -2114,7 +2116,7 @@ class AsyncLossMethods(AsyncLossCaller):
         full: bool = False,
         eps: float = 1e-08,
         reduction: Literal["mean", "sum", "none"] = "mean",
-        grad: bool | Sequence[Literal["input"]] = False,
+        grad: bool | Literal["input"] | Sequence[Literal["input"]] = False,
     ) -> LossResult:
         """Poisson NLL exp(x) - y*x (log_input) or x - y*log(x+eps), plus Stirling term when full (torch.nn.functional.poisson_nll_loss).
 
@@ -2138,7 +2140,7 @@ class AsyncLossMethods(AsyncLossCaller):
         *,
         q: float = 0.5,
         reduction: Literal["mean", "sum", "none"] = "mean",
-        grad: bool | Sequence[Literal["input", "target"]] = False,
+        grad: bool | Literal["input", "target"] | Sequence[Literal["input", "target"]] = False,
     ) -> LossResult:
         """Pinball loss max(q*(target-input), (q-1)*(target-input)) per element, q in [0,1].
 
@@ -2162,7 +2164,7 @@ class AsyncLossMethods(AsyncLossCaller):
         alpha: float = 0.25,
         gamma: float = 2.0,
         reduction: Literal["mean", "sum", "none"] = "mean",
-        grad: bool | Sequence[Literal["input"]] = False,
+        grad: bool | Literal["input"] | Sequence[Literal["input"]] = False,
     ) -> LossResult:
         """Sigmoid focal loss a_t*(1-p_t)^gamma*BCEWithLogits(x,y) per element, p = sigmoid(x) (torchvision.ops.sigmoid_focal_loss, default reduction mean).
 
@@ -2188,7 +2190,7 @@ class AsyncLossMethods(AsyncLossCaller):
         *,
         beta: float = 1.0,
         reduction: Literal["mean", "sum", "none"] = "mean",
-        grad: bool | Sequence[Literal["input", "target"]] = False,
+        grad: bool | Literal["input", "target"] | Sequence[Literal["input", "target"]] = False,
     ) -> LossResult:
         """Smooth L1: 0.5*r^2/beta for |r|<beta, else |r|-0.5*beta (torch.nn.functional.smooth_l1_loss).
 
@@ -2208,7 +2210,7 @@ class AsyncLossMethods(AsyncLossCaller):
         target: TensorLike,
         *,
         reduction: Literal["mean", "sum", "none"] = "mean",
-        grad: bool | Sequence[Literal["input"]] = False,
+        grad: bool | Literal["input"] | Sequence[Literal["input"]] = False,
     ) -> LossResult:
         """Soft margin (logistic) loss log(1 + exp(-y*x)) per element (torch.nn.functional.soft_margin_loss).
 
@@ -2227,7 +2229,7 @@ class AsyncLossMethods(AsyncLossCaller):
         *,
         margin: float = 1.0,
         reduction: Literal["mean", "sum", "none"] = "mean",
-        grad: bool | Sequence[Literal["input"]] = False,
+        grad: bool | Literal["input"] | Sequence[Literal["input"]] = False,
     ) -> LossResult:
         """Squared hinge loss max(0, margin - y*f)^2 per element; {0,1} targets map to 2t-1.
 
@@ -2247,7 +2249,7 @@ class AsyncLossMethods(AsyncLossCaller):
         *,
         norm: Literal["l1", "l2", "isotropic"] = "l1",
         reduction: Literal["mean", "sum", "none"] = "mean",
-        grad: bool | Sequence[Literal["input"]] = False,
+        grad: bool | Literal["input"] | Sequence[Literal["input"]] = False,
     ) -> LossResult:
         """Total variation per image: sum of |vertical| + |horizontal| neighbour differences (l1), squared (l2), or sqrt(dv^2 + dh^2 + 1e-8) per pixel (isotropic).
 
@@ -2271,7 +2273,9 @@ class AsyncLossMethods(AsyncLossCaller):
         eps: float = 1e-06,
         swap: bool = False,
         reduction: Literal["mean", "sum", "none"] = "mean",
-        grad: bool | Sequence[Literal["anchor", "positive", "negative"]] = False,
+        grad: bool
+        | Literal["anchor", "positive", "negative"]
+        | Sequence[Literal["anchor", "positive", "negative"]] = False,
     ) -> LossResult:
         """Triplet loss max(0, ||a-p+eps||_p - ||a-n+eps||_p + margin) per triplet (torch.nn.functional.triplet_margin_loss).
 
@@ -2299,7 +2303,7 @@ class AsyncLossMethods(AsyncLossCaller):
         c: float = 4.6851,
         scale: Literal["mad", "none"] | float = "mad",
         reduction: Literal["mean", "sum", "none"] = "mean",
-        grad: bool | Sequence[Literal["input", "target"]] = False,
+        grad: bool | Literal["input", "target"] | Sequence[Literal["input", "target"]] = False,
     ) -> LossResult:
         """Tukey biweight: c^2/6*(1-(1-(u/c)^2)^3) for |u|<=c else c^2/6, u=(input-target)/scale, scale 1.4826*MAD over dim 0 (constant for the gradient), none, or a number.
 
@@ -2328,13 +2332,13 @@ class AsyncLossMethods(AsyncLossCaller):
         alpha: float = 0.5,
         beta: float = 0.5,
         reduction: Literal["mean", "sum", "none"] = "mean",
-        grad: bool | Sequence[Literal["input"]] = False,
+        grad: bool | Literal["input"] | Sequence[Literal["input"]] = False,
     ) -> LossResult:
         """Soft Tversky: 1 - (TP + smooth) / (TP + alpha*FP + beta*FN + smooth + eps), grouped like dice.
 
         Inputs:
             input: (N,C,d1..dk); probabilities, or logits (see activation); differentiable
-            target: shaped like input (probabilities / one-hot in [0,1]), or (N,d1..dk) integer class indices; ground truth; indices are one-hot encoded over dim 1
+            target: shaped like input (probabilities / one-hot in [0,1], or bool one-hot), or (N,d1..dk) class indices; ground truth; indices are one-hot encoded over dim 1
 
         Reference: float64 formula in the tests (numpy); equals dice at alpha=beta=0.5, smooth=eps=0; gradcheck on input
         """

@@ -20,8 +20,8 @@ import numpy.typing as npt
 
 #: Anything the client accepts as a tensor: numpy arrays and scalars, torch tensors, nested lists, numbers.
 TensorLike: TypeAlias = npt.ArrayLike
-#: ``grad`` as in api.md: False, True (every differentiable input) or the names of inputs.
-Grad: TypeAlias = bool | Sequence[str]
+#: ``grad`` as in api.md: False, True (every differentiable input) or the names of inputs (one name alone too).
+Grad: TypeAlias = bool | str | Sequence[str]
 NDArray: TypeAlias = npt.NDArray[Any]
 
 # wire dtype name -> safetensors code
@@ -68,30 +68,75 @@ def _torch_tensor_type() -> Any:
     return getattr(torch, "Tensor", None)
 
 
+def _is_python_data(x: Any) -> bool:
+    """Python numbers and bools, or (nested) lists and tuples of them: what api.md's dtype inference is for."""
+    if isinstance(x, np.generic):  # np.float64 is a float subclass, but it has a dtype of its own
+        return False
+    if isinstance(x, bool | int | float):
+        return True
+    return isinstance(x, list | tuple) and all(_is_python_data(v) for v in x)
+
+
+TEXT_HINT = "text inputs (edit_distance's) are a list of str, e.g. hypothesis=['kitten']"
+
+
 def to_wire(x: Any) -> WireTensor | list[str]:
-    """One client value -> a wire tensor, or a list of strings (text inputs such as edit_distance's)."""
+    """One client value -> a wire tensor, or a list of strings (text inputs such as edit_distance's).
+
+    Python numbers and (nested) lists of them follow api.md's inference (any non-integer: float32,
+    all integers: int64); anything with a dtype of its own (numpy arrays and scalars, torch tensors,
+    objects with ``__array__`` or the buffer protocol) keeps it. Shapes are kept, 0-d included.
+    """
     tensor_type = _torch_tensor_type()
     if tensor_type is not None and isinstance(x, tensor_type):
         t = x.detach().cpu().contiguous()
         if str(t.dtype) == "torch.bfloat16":
             return WireTensor(t.view(sys.modules["torch"].int16).numpy().view(np.uint16), "bfloat16")
         arr = t.numpy()
-    elif isinstance(x, np.ndarray | np.generic):
-        arr = np.asarray(x)
+    elif isinstance(x, str | bytes):
+        raise TypeError(f"{TEXT_HINT}, not a bare {type(x).__name__}")
     elif isinstance(x, list | tuple) and x and all(isinstance(s, str) for s in x):
         return list(x)
-    else:
+    elif _is_python_data(x):
         arr = np.asarray(x)
-        # Python numbers follow api.md's JSON inference: non-integers float32, integers int64.
         if arr.dtype.kind == "f":
             arr = arr.astype(np.float32)
         elif arr.dtype.kind in "iu":
             arr = arr.astype(np.int64)
+    else:
+        arr = np.asarray(x)
+    if arr.dtype.kind in "USO":
+        raise TypeError(f"unsupported dtype {arr.dtype}: {TEXT_HINT} (a numpy array of strings: .tolist())")
     if arr.dtype.name not in ST_CODES:
         raise TypeError(f"unsupported dtype {arr.dtype} (supported: {', '.join(ST_CODES)})")
     if arr.dtype.byteorder == ">":
         arr = arr.astype(arr.dtype.newbyteorder("<"))
-    return WireTensor(np.ascontiguousarray(arr), arr.dtype.name)
+    # not np.ascontiguousarray: it turns a 0-d array into a 1-d one
+    return WireTensor(arr if arr.flags.c_contiguous else arr.copy(order="C"), arr.dtype.name)
+
+
+def plain(v: Any) -> Any:
+    """numpy and torch values (scalars, arrays, tensors) as the Python numbers and lists JSON carries."""
+    if isinstance(v, np.generic | np.ndarray):
+        return v.tolist()
+    tensor_type = _torch_tensor_type()
+    if tensor_type is not None and isinstance(v, tensor_type):
+        return v.detach().cpu().tolist()
+    if isinstance(v, Mapping):
+        return {k: plain(x) for k, x in v.items()}
+    if isinstance(v, list | tuple):
+        return [plain(x) for x in v]
+    return v
+
+
+def grad_to_json(grad: Grad) -> bool | list[str]:
+    """``grad`` as JSON carries it: a bool, or a list of input names (one name alone counts as a list)."""
+    g = plain(grad)
+    if isinstance(g, bool):
+        return g
+    if isinstance(g, str):
+        return [g]
+    return [str(x) for x in g]
 
 
 def float_dtype(tensors: Mapping[str, WireTensor | list[str]]) -> str:
@@ -138,15 +183,18 @@ def tensor_from_json(obj: Any) -> WireTensor:
 
 
 def params_to_json(params: Mapping[str, Any]) -> dict[str, Any]:
-    """Params as JSON carries them: infinity and NaN as the strings tensors use (``p=math.inf``)."""
-    return {k: _nonfinite_to_str(v) for k, v in params.items()}
+    """Params as JSON carries them: numpy and torch values as Python ones (``alpha=np.array([...])``),
+    infinity and NaN as the strings tensors use (``p=math.inf``)."""
+    return {k: _nonfinite_to_str(plain(v)) for k, v in params.items()}
 
 
 def _nonfinite_to_str(v: Any) -> Any:
     if isinstance(v, float) and not math.isfinite(v):
         return "NaN" if math.isnan(v) else ("Infinity" if v > 0 else "-Infinity")
-    if isinstance(v, (list, tuple)):
+    if isinstance(v, list | tuple):
         return [_nonfinite_to_str(x) for x in v]
+    if isinstance(v, Mapping):
+        return {k: _nonfinite_to_str(x) for k, x in v.items()}
     return v
 
 

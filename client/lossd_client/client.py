@@ -17,17 +17,28 @@ import json
 import os
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
-from urllib.parse import quote
+from typing import Any, TypeVar
+from urllib.parse import quote, urlsplit
 
 import httpx
+import numpy as np
 
 from lossd_client import _wire
 from lossd_client._generated import ALIASES, LOSSES, AsyncLossMethods, LossMethods
 from lossd_client._wire import Grad, TensorLike, WireTensor
-from lossd_client.errors import LossdError, RequestTimeout, TransportError, from_problem, from_response
+from lossd_client.errors import (
+    LossdError,
+    Overloaded,
+    RateLimited,
+    RequestTimeout,
+    ServerError,
+    TransportError,
+    from_problem,
+    from_response,
+    unexpected_response,
+)
 from lossd_client.models import (
     Call,
     CompositeResult,
@@ -45,6 +56,7 @@ SAFETENSORS = "application/x-safetensors"
 DEFAULT_URL = "http://127.0.0.1:8000"
 # Above this many bytes of tensor data a call goes as safetensors (batch/composite: base64 in JSON).
 DEFAULT_BINARY_THRESHOLD = 256 * 1024
+T = TypeVar("T")
 
 
 @dataclass
@@ -58,9 +70,10 @@ class _Request:
 
 
 def _retryable(e: LossdError) -> bool:
+    """429, lossd's 503 with Retry-After, a proxy's 503 (with or without it) and connection failures."""
     if isinstance(e, TransportError):
         return not isinstance(e, RequestTimeout)  # a read timeout may be a long call: do not double the load
-    return e.status == 429 or (e.status == 503 and e.retry_after is not None)
+    return isinstance(e, RateLimited | Overloaded) or (type(e) is ServerError and e.status == 503)
 
 
 def _transport_error(e: httpx.TransportError) -> TransportError:
@@ -69,11 +82,48 @@ def _transport_error(e: httpx.TransportError) -> TransportError:
     return TransportError(f"{type(e).__name__}: {e}")
 
 
-def _value(v: Any, fallback_dtype: str) -> tuple[float | _wire.NDArray, str]:
+def _value(v: Any, fallback_dtype: str, array: bool = False) -> tuple[float | _wire.NDArray, str]:
+    """A result's value; ``array``: reduction "none", whose value is an array even with no dimensions."""
     if isinstance(v, dict):
         t = _wire.tensor_from_json(v)
         return t.values(), t.dtype
-    return _wire.number_from_json(v), fallback_dtype
+    x = _wire.number_from_json(v)
+    return (np.asarray(x, dtype=fallback_dtype) if array else x), fallback_dtype
+
+
+def _check_base_url(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError(f"base_url must start with http:// or https://, got {url!r}")
+    return url
+
+
+def _sent_id(resp: httpx.Response) -> str | None:
+    """The response's X-Request-ID, else the one the client sent."""
+    rid: str | None = resp.headers.get("x-request-id") or resp.request.headers.get("x-request-id")
+    return rid
+
+
+def _json(resp: httpx.Response) -> Any:
+    ctype = resp.headers.get("content-type", "")
+    if not (ctype.startswith(JSON) or "+json" in ctype):
+        raise ValueError(f"expected {JSON}")
+    return resp.json()
+
+
+def _decode(resp: httpx.Response, parse: Callable[[httpx.Response], T]) -> T:
+    """Parse a 2xx response; a body that is not a valid answer is an UnexpectedResponse, not a raw exception."""
+    try:
+        return parse(resp)
+    except (ValueError, KeyError, IndexError, TypeError, AttributeError, OverflowError) as e:
+        raise unexpected_response(resp, f"{type(e).__name__}: {e}", _sent_id(resp)) from e
+
+
+def _reduction_none(name: str, params: Mapping[str, Any]) -> bool:
+    """Whether a call's value is an array: its reduction (the catalogue default if not sent) is "none"."""
+    entry = LOSSES.get(ALIASES.get(name, name))
+    default = entry.defaults.get("reduction") if entry is not None else None
+    return bool(_wire.plain(params.get("reduction", default)) == "none")
 
 
 class _Core:
@@ -88,7 +138,7 @@ class _Core:
         binary_threshold: int,
         deadline_ms: int | None,
     ) -> None:
-        self.base_url = (base_url or os.environ.get("LOSSD_URL") or DEFAULT_URL).rstrip("/")
+        self.base_url = _check_base_url((base_url or os.environ.get("LOSSD_URL") or DEFAULT_URL).rstrip("/"))
         self.api_key = api_key if api_key is not None else os.environ.get("LOSSD_API_KEY")
         self.retry = retry if retry is not None else Retry()
         self.binary = binary
@@ -139,14 +189,18 @@ class _Core:
     def _drop_defaults(
         name: str, inputs: Mapping[str, Any], params: Mapping[str, Any]
     ) -> tuple[dict[str, Any], dict[str, Any]]:
-        """For per-loss methods: leave out absent optional inputs and params left at their defaults."""
+        """For per-loss methods: leave out absent optional inputs and params left at their defaults.
+
+        A param is left out only when its JSON is the default's (the server applies that same default):
+        ``p=True`` is not ``p=1`` and ``gamma=2`` is not ``gamma=2.0``, so both are sent.
+        """
         entry = LOSSES[name]
         ins = {k: v for k, v in inputs.items() if v is not None}
+        sent = _wire.params_to_json(params)
         ps = {
             k: v
-            for k, v in params.items()
-            # tuple defaults in signatures stand for the catalogue's JSON lists
-            if not ((list(v) if isinstance(v, tuple) else v) == entry.defaults[k] if k in entry.defaults else v is None)
+            for k, v in sent.items()
+            if not (_wire.dumps(v) == _wire.dumps(entry.defaults[k]) if k in entry.defaults else v is None)
         }
         return ins, ps
 
@@ -154,9 +208,10 @@ class _Core:
 
     def _loss_request(
         self, name: str, inputs: Mapping[str, Any], params: Mapping[str, Any], grad: Grad, binary: bool | None
-    ) -> tuple[_Request, str]:
-        wire = {k: _wire.to_wire(v) for k, v in inputs.items()}
-        grad_json: Any = grad if isinstance(grad, bool) else list(grad)
+    ) -> tuple[_Request, str, bool]:
+        """The request, the dtype of a number value, and whether the value is an array (reduction "none")."""
+        wire = {k: _wire.to_wire(v) for k, v in inputs.items() if v is not None}
+        grad_json = _wire.grad_to_json(grad)
         tensors = {k: t for k, t in wire.items() if isinstance(t, WireTensor)}
         has_text = len(tensors) < len(wire)
         if binary is None:
@@ -165,13 +220,14 @@ class _Core:
             binary = sum(t.nbytes for t in tensors.values()) > self.binary_threshold
         path = f"/v1/losses/{quote(name, safe='')}"
         value_dtype = _wire.float_dtype(wire)
+        array = _reduction_none(name, params)
         if binary and not has_text:
             meta = {
                 "params": _wire.dumps(_wire.params_to_json(params)).decode(),
                 "grad": _wire.dumps(grad_json).decode(),
             }
             body = _wire.write_safetensors(tensors, meta)
-            return _Request("POST", path, body, SAFETENSORS, SAFETENSORS, loss_path=True), value_dtype
+            return _Request("POST", path, body, SAFETENSORS, SAFETENSORS, loss_path=True), value_dtype, array
         obj = {
             "inputs": {k: _wire.tensor_to_json(t) for k, t in wire.items()},
             "params": _wire.params_to_json(params),
@@ -179,15 +235,21 @@ class _Core:
         }
         # Text cannot travel in safetensors; a large call with text still gets a binary answer.
         accept = SAFETENSORS if binary else JSON
-        return _Request("POST", path, _wire.dumps(obj), JSON, accept, loss_path=True), value_dtype
+        return _Request("POST", path, _wire.dumps(obj), JSON, accept, loss_path=True), value_dtype, array
 
     @staticmethod
-    def _loss_result(resp: httpx.Response, value_dtype: str) -> LossResult:
-        rid = resp.headers.get("x-request-id")
+    def _loss_result(resp: httpx.Response, value_dtype: str, array: bool) -> LossResult:
+        return _decode(resp, lambda r: _Core._parse_loss_result(r, value_dtype, array))
+
+    @staticmethod
+    def _parse_loss_result(resp: httpx.Response, value_dtype: str, array: bool) -> LossResult:
+        rid = _sent_id(resp)
         if resp.headers.get("content-type", "").startswith(SAFETENSORS):
             tensors, meta = _wire.read_safetensors(resp.content)
+            if "value" not in tensors:
+                raise ValueError("no tensor 'value' in the safetensors answer")
             v = tensors.pop("value")
-            value: float | _wire.NDArray = float(v.values()) if v.array.ndim == 0 else v.values()
+            value: float | _wire.NDArray = float(v.values()) if v.array.ndim == 0 and not array else v.values()
             dtypes = {"value": v.dtype}
             grads = {}
             for k, t in tensors.items():
@@ -197,12 +259,14 @@ class _Core:
             terms = json.loads(meta["terms"]) if "terms" in meta else None
             if terms is not None:
                 terms = {k: _wire.number_from_json(x) for k, x in terms.items()}
-            return LossResult(meta.get("loss", ""), value, grads, terms, rid, dtypes)
-        return _Core._loss_result_json(resp.json(), rid, value_dtype)
+            return LossResult(str(meta.get("loss", "")), value, grads, terms, rid, dtypes)
+        return _Core._loss_result_json(_json(resp), rid, value_dtype, array)
 
     @staticmethod
-    def _loss_result_json(obj: Mapping[str, Any], rid: str | None, value_dtype: str) -> LossResult:
-        value, vdtype = _value(obj["value"], value_dtype)
+    def _loss_result_json(obj: Any, rid: str | None, value_dtype: str, array: bool) -> LossResult:
+        if not isinstance(obj, dict) or "value" not in obj:
+            raise ValueError("not a loss result (no 'value')")
+        value, vdtype = _value(obj["value"], value_dtype, array)
         dtypes = {"value": vdtype}
         grads = {}
         for k, g in (obj.get("grads") or {}).items():
@@ -218,7 +282,7 @@ class _Core:
     def _b64(self, wire: Mapping[str, WireTensor | list[str]]) -> bool:
         return sum(t.nbytes for t in wire.values() if isinstance(t, WireTensor)) > self.binary_threshold
 
-    def _batch_request(self, calls: Sequence[Call]) -> tuple[_Request, list[str]]:
+    def _batch_request(self, calls: Sequence[Call]) -> tuple[_Request, list[tuple[str, bool]]]:
         wires = [{k: _wire.to_wire(v) for k, v in c.inputs.items()} for c in calls]
         b64 = self.binary is not False and self._b64({f"{i}.{k}": t for i, w in enumerate(wires) for k, t in w.items()})
         body: dict[str, Any] = {
@@ -227,25 +291,32 @@ class _Core:
                     "loss": c.loss,
                     "inputs": {k: _wire.tensor_to_json(t, b64) for k, t in w.items()},
                     "params": _wire.params_to_json(c.params),
-                    "grad": c.grad if isinstance(c.grad, bool) else list(c.grad),
+                    "grad": _wire.grad_to_json(c.grad),
                 }
                 for c, w in zip(calls, wires)
             ]
         }
         if b64:
             body["encoding"] = "b64"
-        return _Request("POST", "/v1/batch", _wire.dumps(body), JSON), [_wire.float_dtype(w) for w in wires]
+        expect = [(_wire.float_dtype(w), _reduction_none(c.loss, c.params)) for c, w in zip(calls, wires)]
+        return _Request("POST", "/v1/batch", _wire.dumps(body), JSON), expect
 
     @staticmethod
-    def _batch_result(resp: httpx.Response, value_dtypes: list[str]) -> list[LossResult | LossdError]:
-        rid = resp.headers.get("x-request-id")
-        out: list[LossResult | LossdError] = []
-        for r, vd in zip(resp.json()["results"], value_dtypes):
-            if "error" in r:
-                out.append(from_problem(r["error"], request_id=rid))
-            else:
-                out.append(_Core._loss_result_json(r, rid, vd))
-        return out
+    def _batch_result(resp: httpx.Response, expect: list[tuple[str, bool]]) -> list[LossResult | LossdError]:
+        def parse(resp: httpx.Response) -> list[LossResult | LossdError]:
+            rid = _sent_id(resp)
+            results = _json(resp)["results"]
+            if not isinstance(results, list) or len(results) != len(expect):
+                raise ValueError(f"expected a list of {len(expect)} results")
+            out: list[LossResult | LossdError] = []
+            for r, (vd, array) in zip(results, expect):
+                if isinstance(r, dict) and "error" in r:
+                    out.append(from_problem(r["error"], request_id=rid))
+                else:
+                    out.append(_Core._loss_result_json(r, rid, vd, array))
+            return out
+
+        return _decode(resp, parse)
 
     def _composite_request(
         self, inputs: Mapping[str, TensorLike], terms: Sequence[Term], grad: Grad
@@ -255,10 +326,15 @@ class _Core:
         body: dict[str, Any] = {
             "inputs": {k: _wire.tensor_to_json(t, b64) for k, t in wire.items()},
             "terms": [
-                {"loss": t.loss, "weight": t.weight, "inputs": dict(t.inputs), "params": _wire.params_to_json(t.params)}
+                {
+                    "loss": t.loss,
+                    "weight": _wire.plain(t.weight),
+                    "inputs": dict(t.inputs),
+                    "params": _wire.params_to_json(t.params),
+                }
                 for t in terms
             ],
-            "grad": grad if isinstance(grad, bool) else list(grad),
+            "grad": _wire.grad_to_json(grad),
         }
         if b64:
             body["encoding"] = "b64"
@@ -266,7 +342,11 @@ class _Core:
 
     @staticmethod
     def _composite_result(resp: httpx.Response, value_dtype: str) -> CompositeResult:
-        obj = resp.json()
+        return _decode(resp, lambda r: _Core._parse_composite_result(r, value_dtype))
+
+    @staticmethod
+    def _parse_composite_result(resp: httpx.Response, value_dtype: str) -> CompositeResult:
+        obj = _json(resp)
         value, vdtype = _value(obj["value"], value_dtype)
         terms = [
             CompositeTermValue(t["loss"], float(t["weight"]), _value(t["value"], value_dtype)[0]) for t in obj["terms"]
@@ -277,7 +357,26 @@ class _Core:
             t = _wire.tensor_from_json(g)
             grads[k] = t.values()
             dtypes[k] = t.dtype
-        return CompositeResult(value, terms, grads, resp.headers.get("x-request-id"), dtypes)
+        return CompositeResult(value, terms, grads, _sent_id(resp), dtypes)
+
+    def _infos_result(self, resp: httpx.Response) -> list[LossInfo]:
+        infos = _decode(resp, lambda r: [LossInfo.model_validate(x) for x in _json(r)["losses"]])
+        self._infos.update({i.name: i for i in infos})
+        return infos
+
+    @staticmethod
+    def _info_result(resp: httpx.Response) -> LossInfo:
+        return _decode(resp, lambda r: LossInfo.model_validate(_json(r)))
+
+    @staticmethod
+    def _dict_result(resp: httpx.Response) -> dict[str, Any]:
+        def parse(r: httpx.Response) -> dict[str, Any]:
+            out = _json(r)
+            if not isinstance(out, dict):
+                raise TypeError("expected a JSON object")
+            return out
+
+        return _decode(resp, parse)
 
 
 class LossClient(_Core, LossMethods):
@@ -333,12 +432,13 @@ class LossClient(_Core, LossMethods):
                 resp = self._http.request(
                     req.method, req.path, content=req.content, headers=self._attempt_headers(req, rid)
                 )
-                if resp.status_code < 400:
+                if 200 <= resp.status_code < 300:
                     return resp
-                err: LossdError = from_response(resp, req.loss_path)
+                err: LossdError = from_response(resp, req.loss_path, rid)
             except httpx.TransportError as e:
                 err = _transport_error(e)
                 err.__cause__ = e
+                err.request_id = rid
             delay = self._next_delay(err, attempt, started)
             if delay is None:
                 raise err
@@ -357,13 +457,13 @@ class LossClient(_Core, LossMethods):
     def _compute(
         self, name: str, inputs: Mapping[str, Any], params: Mapping[str, Any], grad: Grad, binary: bool | None
     ) -> LossResult:
-        req, value_dtype = self._loss_request(name, inputs, params, grad, binary)
-        return self._loss_result(self._send(req), value_dtype)
+        req, value_dtype, array = self._loss_request(name, inputs, params, grad, binary)
+        return self._loss_result(self._send(req), value_dtype, array)
 
     def compute(
         self, loss: str, *, grad: Grad = False, binary: bool | None = None, **inputs_and_params: Any
     ) -> LossResult:
-        """One loss by name or alias, inputs and params by their catalogue names.
+        """One loss by name or alias, inputs and params by their catalogue names (None inputs are left out).
 
         >>> with LossClient("http://127.0.0.1:8000") as c:
         ...     c.compute("l1", input=[1.0, -2.0], target=[0.0, 0.0], reduction="none").value.tolist()
@@ -376,8 +476,8 @@ class LossClient(_Core, LossMethods):
 
     def batch(self, calls: Sequence[Call]) -> list[LossResult | LossdError]:
         """Several calls in one request; a failed call's entry is its exception (not raised)."""
-        req, dtypes = self._batch_request(calls)
-        return self._batch_result(self._send(req), dtypes)
+        req, expect = self._batch_request(calls)
+        return self._batch_result(self._send(req), expect)
 
     def composite(
         self, inputs: Mapping[str, TensorLike], terms: Sequence[Term], *, grad: Grad = False
@@ -388,20 +488,15 @@ class LossClient(_Core, LossMethods):
 
     def losses(self) -> list[LossInfo]:
         """The catalogue."""
-        infos = [LossInfo.model_validate(x) for x in self._send(_Request("GET", "/v1/losses")).json()["losses"]]
-        self._infos.update({i.name: i for i in infos})
-        return infos
+        return self._infos_result(self._send(_Request("GET", "/v1/losses")))
 
     def loss_info(self, name: str) -> LossInfo:
         """One catalogue entry, by name or alias (:class:`LossNotFound` when unknown)."""
-        return LossInfo.model_validate(
-            self._send(_Request("GET", f"/v1/losses/{quote(name, safe='')}", loss_path=True)).json()
-        )
+        return self._info_result(self._send(_Request("GET", f"/v1/losses/{quote(name, safe='')}", loss_path=True)))
 
     def info(self) -> dict[str, Any]:
         """Server version, devices and the limits in force."""
-        out: dict[str, Any] = self._send(_Request("GET", "/v1/info")).json()
-        return out
+        return self._dict_result(self._send(_Request("GET", "/v1/info")))
 
 
 class AsyncLossClient(_Core, AsyncLossMethods):
@@ -449,12 +544,13 @@ class AsyncLossClient(_Core, AsyncLossMethods):
                 resp = await self._http.request(
                     req.method, req.path, content=req.content, headers=self._attempt_headers(req, rid)
                 )
-                if resp.status_code < 400:
+                if 200 <= resp.status_code < 300:
                     return resp
-                err: LossdError = from_response(resp, req.loss_path)
+                err: LossdError = from_response(resp, req.loss_path, rid)
             except httpx.TransportError as e:
                 err = _transport_error(e)
                 err.__cause__ = e
+                err.request_id = rid
             delay = self._next_delay(err, attempt, started)
             if delay is None:
                 raise err
@@ -475,8 +571,8 @@ class AsyncLossClient(_Core, AsyncLossMethods):
     async def _compute(
         self, name: str, inputs: Mapping[str, Any], params: Mapping[str, Any], grad: Grad, binary: bool | None
     ) -> LossResult:
-        req, value_dtype = self._loss_request(name, inputs, params, grad, binary)
-        return self._loss_result(await self._send(req), value_dtype)
+        req, value_dtype, array = self._loss_request(name, inputs, params, grad, binary)
+        return self._loss_result(await self._send(req), value_dtype, array)
 
     async def compute(
         self, loss: str, *, grad: Grad = False, binary: bool | None = None, **inputs_and_params: Any
@@ -489,8 +585,8 @@ class AsyncLossClient(_Core, AsyncLossMethods):
 
     async def batch(self, calls: Sequence[Call]) -> list[LossResult | LossdError]:
         """See :meth:`LossClient.batch`."""
-        req, dtypes = self._batch_request(calls)
-        return self._batch_result(await self._send(req), dtypes)
+        req, expect = self._batch_request(calls)
+        return self._batch_result(await self._send(req), expect)
 
     async def composite(
         self, inputs: Mapping[str, TensorLike], terms: Sequence[Term], *, grad: Grad = False
@@ -501,18 +597,13 @@ class AsyncLossClient(_Core, AsyncLossMethods):
 
     async def losses(self) -> list[LossInfo]:
         """The catalogue."""
-        resp = await self._send(_Request("GET", "/v1/losses"))
-        infos = [LossInfo.model_validate(x) for x in resp.json()["losses"]]
-        self._infos.update({i.name: i for i in infos})
-        return infos
+        return self._infos_result(await self._send(_Request("GET", "/v1/losses")))
 
     async def loss_info(self, name: str) -> LossInfo:
         """One catalogue entry, by name or alias."""
-        return LossInfo.model_validate(
-            (await self._send(_Request("GET", f"/v1/losses/{quote(name, safe='')}", loss_path=True))).json()
-        )
+        resp = await self._send(_Request("GET", f"/v1/losses/{quote(name, safe='')}", loss_path=True))
+        return self._info_result(resp)
 
     async def info(self) -> dict[str, Any]:
         """Server version, devices and the limits in force."""
-        out: dict[str, Any] = (await self._send(_Request("GET", "/v1/info"))).json()
-        return out
+        return self._dict_result(await self._send(_Request("GET", "/v1/info")))

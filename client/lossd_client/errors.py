@@ -1,7 +1,10 @@
 """One exception hierarchy, mapped from the server's problem+json (RFC 9457) answers.
 
 Every error carries ``status`` (None for transport failures), ``detail``, ``request_id``
-(the ``X-Request-ID`` that identifies the call in the server's log) and the problem body.
+(the ``X-Request-ID`` that identifies the call in the server's log: the answer's, else the one the
+client sent) and the problem body. 503 and 504 are lossd's (:class:`Unavailable`,
+:class:`DeadlineExceeded`) only when they come as ``application/problem+json``; a proxy's are
+:class:`ServerError`.
 """
 
 from __future__ import annotations
@@ -39,13 +42,23 @@ class LossdError(Exception):
         self.request_id = request_id
         self.problem = problem or {}
         self.retry_after = retry_after
-        self.errors = [
-            FieldError(tuple(e.get("loc", ())), str(e.get("msg", ""))) for e in self.problem.get("errors") or []
-        ]
+        self.errors = _field_errors(self.problem.get("errors"))
 
     @property
     def title(self) -> str:
         return str(self.problem.get("title", ""))
+
+
+def _field_errors(raw: Any) -> list[FieldError]:
+    """A problem's ``errors``; entries that are not ``{"loc": [...], "msg": ...}`` objects are skipped."""
+    out: list[FieldError] = []
+    for e in raw if isinstance(raw, list) else ():
+        if not isinstance(e, dict):
+            continue
+        loc = e.get("loc", ())
+        parts = loc if isinstance(loc, list | tuple) else [loc]
+        out.append(FieldError(tuple(x if isinstance(x, str | int) else str(x) for x in parts), str(e.get("msg", ""))))
+    return out
 
 
 class TransportError(LossdError):
@@ -97,7 +110,11 @@ class RateLimited(LossdError):
 
 
 class Unavailable(LossdError):
-    """503 without Retry-After: the loss needs server configuration it lacks (not retried)."""
+    """lossd's 503 without Retry-After: the loss needs server configuration it lacks (not retried).
+
+    A failed call of a batch has no headers: its 503 is an ``Unavailable`` unless its problem
+    carries a ``retry_after`` member (then :class:`Overloaded`); ``except Unavailable`` catches both.
+    """
 
 
 class Overloaded(Unavailable):
@@ -105,11 +122,20 @@ class Overloaded(Unavailable):
 
 
 class DeadlineExceeded(LossdError):
-    """504: the call's deadline passed before it ran."""
+    """lossd's 504: the call's deadline passed before it ran."""
 
 
 class ServerError(LossdError):
-    """Any other 5xx."""
+    """Any other 5xx, and 503 / 504 that are not lossd's problem+json (a proxy's, say).
+
+    A proxy's 503 (no healthy upstream, maintenance) is retried like lossd's 503 with Retry-After,
+    honouring its Retry-After if any, else with backoff; a proxy's 504 is not (the call may still run).
+    """
+
+
+class UnexpectedResponse(ServerError):
+    """An answer that is not lossd's: a redirect (``detail`` names its Location), or a 2xx whose body is
+    not a valid result (a proxy's page, a truncated body); ``problem["body"]`` holds the start of the body."""
 
 
 _BY_STATUS: dict[int, type[LossdError]] = {
@@ -141,9 +167,17 @@ def parse_retry_after(value: str | None) -> float | None:
         return None
 
 
-def error_class(status: int, retry_after: float | None, loss_path: bool) -> type[LossdError]:
+PROBLEM_JSON = "application/problem+json"
+
+
+def error_class(status: int, retry_after: float | None, loss_path: bool, lossd: bool = True) -> type[LossdError]:
+    """The exception for an error status; ``lossd``: the answer is lossd's own problem+json (not a proxy's)."""
+    if 300 <= status < 400:
+        return UnexpectedResponse
     if status == 404:
-        return LossNotFound if loss_path else NotFound
+        return LossNotFound if loss_path and lossd else NotFound
+    if status in (503, 504) and not lossd:
+        return ServerError
     if status == 503:
         return Overloaded if retry_after is not None else Unavailable
     if status in _BY_STATUS:
@@ -160,6 +194,8 @@ def from_problem(
 ) -> LossdError:
     """A problem body (a whole response's, or one batch result's ``error``) -> its exception."""
     st = int(problem.get("status", status or 500))
+    if retry_after is None and isinstance(problem.get("retry_after"), int | float):
+        retry_after = max(0.0, float(problem["retry_after"]))
     cls = error_class(st, retry_after, loss_path=True)
     return cls(
         str(problem.get("detail", problem.get("title", ""))),
@@ -170,15 +206,37 @@ def from_problem(
     )
 
 
-def from_response(resp: httpx.Response, loss_path: bool) -> LossdError:
+def _snippet(resp: httpx.Response) -> str:
+    return resp.content[:500].decode("utf-8", "replace")
+
+
+def from_response(resp: httpx.Response, loss_path: bool, request_id: str | None = None) -> LossdError:
+    """A non-2xx response -> its exception; ``request_id``: the id sent, when the response has none."""
     retry_after = parse_retry_after(resp.headers.get("retry-after"))
-    rid = resp.headers.get("x-request-id")
+    rid = resp.headers.get("x-request-id") or request_id
+    status = resp.status_code
+    if 300 <= status < 400:
+        where = resp.headers.get("location", "(no Location)")
+        detail = f"unexpected redirect to {where}: lossd does not redirect (check base_url)"
+        return UnexpectedResponse(detail, status=status, request_id=rid, problem={"body": _snippet(resp)})
+    lossd = resp.headers.get("content-type", "").startswith(PROBLEM_JSON)
     try:
         problem = resp.json()
         if not isinstance(problem, dict):
             raise ValueError
     except ValueError:
-        problem = {"status": resp.status_code, "detail": resp.text[:500] or resp.reason_phrase}
-    cls = error_class(resp.status_code, retry_after, loss_path)
+        problem = {"status": status, "detail": _snippet(resp) or resp.reason_phrase}
+    cls = error_class(status, retry_after, loss_path, lossd)
     detail = str(problem.get("detail", problem.get("title", resp.reason_phrase)))
-    return cls(detail, status=resp.status_code, request_id=rid, problem=problem, retry_after=retry_after)
+    return cls(detail, status=status, request_id=rid, problem=problem, retry_after=retry_after)
+
+
+def unexpected_response(resp: httpx.Response, why: str, request_id: str | None = None) -> UnexpectedResponse:
+    """A 2xx response whose body is not a valid result."""
+    ctype = resp.headers.get("content-type", "no content type")
+    return UnexpectedResponse(
+        f"unexpected response ({ctype}): {why}",
+        status=resp.status_code,
+        request_id=resp.headers.get("x-request-id") or request_id,
+        problem={"body": _snippet(resp)},
+    )

@@ -5,7 +5,7 @@
 
 Each loss becomes a method named after it: its inputs positional in catalogue order, then its
 params as keywords with their JSON Schema types and defaults, then ``grad`` (typed with the
-loss's differentiable inputs; absent when it has none). The output is formatted with ruff when
+loss's differentiable inputs, one name or several; absent when it has none). The output is formatted with ruff when
 ruff is available.
 """
 
@@ -134,7 +134,8 @@ def render_method(info: Mapping[str, Any], is_async: bool) -> list[str]:
             kw.append(f"{ident(p)}: {t if 'None' in t.split(' | ') else t + ' | None'} = None")
     diff = [i["name"] for i in info["inputs"] if i["differentiable"]]
     if diff:
-        kw.append(f"grad: bool | Sequence[Literal[{', '.join(json.dumps(d) for d in diff)}]] = False")
+        names = ", ".join(json.dumps(d) for d in diff)
+        kw.append(f"grad: bool | Literal[{names}] | Sequence[Literal[{names}]] = False")
     sig = ", ".join(args + (["*", *kw] if kw else []))
     inputs = "{" + ", ".join(f"{json.dumps(i['name'])}: {ident(i['name'])}" for i in info["inputs"]) + "}"
     params = "{" + ", ".join(f"{json.dumps(p)}: {ident(p)}" for p, _ in ordered_params(info)) + "}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -10,7 +11,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
-from lossd_client._wire import Grad, NDArray, TensorLike
+from lossd_client._wire import Grad, NDArray, TensorLike, plain
 
 if TYPE_CHECKING:
     import torch
@@ -25,6 +26,20 @@ def _to_torch(x: float | NDArray, dtype: str, device: Any) -> torch.Tensor:
     elif dtype == "bfloat16":
         t = t.to(torch.bfloat16)  # exact: the float32 values came from bfloat16 numbers
     return t.to(device) if device is not None else t
+
+
+def _scalar(value: float | NDArray) -> float:
+    if isinstance(value, np.ndarray):
+        if value.ndim:
+            raise TypeError(f"the value is an array of shape {value.shape} (reduction='none'): use .array")
+        return float(value)
+    return float(value)
+
+
+def _array(value: float | NDArray, dtype: str | None) -> NDArray:
+    if isinstance(value, np.ndarray):
+        return value
+    return np.asarray(value, dtype=np.float64 if dtype in (None, "float64") else np.float32)
 
 
 class TorchResult(NamedTuple):
@@ -44,7 +59,8 @@ def _torch_result(
 class LossResult:
     """One loss's answer.
 
-    ``value`` is a float, or an array for ``reduction="none"``; ``grads`` maps input names to
+    ``value`` is a float, or an array for ``reduction="none"`` (on either transport, 0-d included);
+    ``scalar`` and ``array`` are the same value typed for each case. ``grads`` maps input names to
     arrays shaped like the inputs; ``terms`` holds named terms' unweighted values (centernet).
     """
 
@@ -60,12 +76,27 @@ class LossResult:
         """The value and gradients as torch tensors in their wire dtypes (needs torch)."""
         return _torch_result(self.value, self.grads, self.dtypes, device)
 
+    @property
+    def scalar(self) -> float:
+        """The value as a float; TypeError if it is an array with dimensions (``reduction="none"``)."""
+        return _scalar(self.value)
+
+    @property
+    def array(self) -> NDArray:
+        """The value as an array (a float becomes a 0-d array of the value's dtype)."""
+        return _array(self.value, self.dtypes.get("value"))
+
 
 @dataclass(frozen=True)
 class CompositeTermValue:
     loss: str
     weight: float
     value: float | NDArray
+
+    @property
+    def scalar(self) -> float:
+        """The term's value as a float."""
+        return _scalar(self.value)
 
 
 @dataclass(frozen=True)
@@ -81,6 +112,16 @@ class CompositeResult:
     def to_torch(self, device: Any = None) -> TorchResult:
         return _torch_result(self.value, self.grads, self.dtypes, device)
 
+    @property
+    def scalar(self) -> float:
+        """The value as a float; TypeError if it is an array with dimensions (``reduction="none"``)."""
+        return _scalar(self.value)
+
+    @property
+    def array(self) -> NDArray:
+        """The value as an array (a float becomes a 0-d array of the value's dtype)."""
+        return _array(self.value, self.dtypes.get("value"))
+
 
 @dataclass(frozen=True)
 class Call:
@@ -89,17 +130,27 @@ class Call:
     loss: str
     inputs: Mapping[str, TensorLike]
     params: Mapping[str, Any] = field(default_factory=dict)
-    grad: Grad = False
+    grad: Grad = False  # a bool, input names, or one input name
 
 
 @dataclass(frozen=True)
 class Term:
-    """One term of :meth:`LossClient.composite`: ``inputs`` maps the loss's inputs to shared tensor names."""
+    """One term of :meth:`LossClient.composite`: ``inputs`` maps the loss's inputs to shared tensor names.
+
+    ``weight`` must be finite (the server takes weights as JSON numbers); numpy and torch scalars are
+    accepted and kept as Python numbers.
+    """
 
     loss: str
     inputs: Mapping[str, str]
     weight: float = 1.0
     params: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        weight = plain(self.weight)
+        if isinstance(weight, float) and not math.isfinite(weight):
+            raise ValueError(f"Term({self.loss!r}).weight must be finite, got {weight}")
+        object.__setattr__(self, "weight", weight)
 
 
 class InputInfo(BaseModel):
@@ -141,7 +192,8 @@ class LossInfo(BaseModel):
 
 @dataclass(frozen=True)
 class Retry:
-    """Retries on 429, on 503 with Retry-After and on connection failures; never on other 4xx.
+    """Retries on 429, on 503 with Retry-After, on a proxy's 503 (not problem+json) and on connection
+    failures; never on other 4xx, on lossd's 503 without Retry-After (:class:`Unavailable`), nor on 504.
 
     Waits ``Retry-After`` (plus up to ``backoff`` of jitter) when the server sends it, else
     exponential backoff with jitter; stops after ``max_retries`` retries or when the next wait

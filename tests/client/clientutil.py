@@ -21,7 +21,11 @@ DROP = "drop"  # close the connection without answering
 
 @dataclass
 class Stub:
-    """An HTTP server on 127.0.0.1 that answers from a script: (status, headers, body) or DROP."""
+    """An HTTP server on 127.0.0.1 that answers from a script: (status, headers, body) or DROP.
+
+    ``body`` is JSON-encoded unless it is bytes; the request's X-Request-ID is echoed unless the
+    step's headers set one ("" for none).
+    """
 
     script: list[Any]
     requests: list[dict[str, Any]] = field(default_factory=list)
@@ -56,12 +60,15 @@ def run_stub() -> Iterator[Stub]:
                 self.connection.shutdown(2)
                 return
             status, headers, payload = step
-            data = json.dumps(payload).encode()
+            data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
             self.send_response(status)
             for k, v in headers.items():
-                self.send_header(k, v)
+                if k != "X-Request-ID":
+                    self.send_header(k, v)
             self.send_header("Content-Length", str(len(data)))
-            self.send_header("X-Request-ID", self.headers.get("X-Request-ID", "stub"))
+            rid = headers.get("X-Request-ID", self.headers.get("X-Request-ID", "stub"))
+            if rid:  # a script step with "X-Request-ID": "" answers without one
+                self.send_header("X-Request-ID", rid)
             self.end_headers()
             self.wfile.write(data)
 

@@ -7,19 +7,48 @@ from __future__ import annotations
 
 import ast
 import inspect
+import re
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from lossd_client import AsyncLossClient, LossClient
+from lossd_client import AsyncLossClient, LossClient, _generated
 from lossd_client._generated import ALIASES, LOSSES
-from lossd_client.generate import ident, ordered_params, py_type
+from lossd_client.generate import ident, ordered_params, py_type, render
 
 
 @pytest.fixture(scope="module")
 def catalogue(url: str) -> dict[str, dict[str, Any]]:
     return {x["name"]: x for x in httpx.get(url + "/v1/losses", timeout=30).json()["losses"]}
+
+
+def _definitions(tree: ast.Module) -> dict[str, str]:
+    """Each top-level statement and each method, by name (or its source's start), as a syntax-tree dump."""
+    out: dict[str, str] = {}
+    for node in tree.body:
+        if isinstance(node, ast.ClassDef):
+            out.update({f"{node.name}.{getattr(m, 'name', '')}": ast.dump(m) for m in node.body})
+        else:
+            out[ast.unparse(node).split(" =", 1)[0].split(":", 1)[0][:60]] = ast.dump(node)
+    return out
+
+
+def test_generated_file_is_the_rendered_catalogue(catalogue: dict[str, dict[str, Any]]) -> None:
+    """The whole file, docstrings included, is what the generator renders from the server's catalogue.
+
+    Compared as syntax trees: the generator's ruff formatting is the only difference allowed.
+    """
+    assert _generated.__file__
+    text = Path(_generated.__file__).read_text(encoding="utf-8")
+    source = re.search(r"from (.+?)\.\n", text)
+    assert source, "the generated file's docstring names its source"
+    have, want = ast.parse(text), ast.parse(render(list(catalogue.values()), source.group(1)))
+    if ast.dump(have) != ast.dump(want):
+        a, b = _definitions(have), _definitions(want)
+        differ = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
+        pytest.fail(f"regenerate lossd_client/_generated.py; these differ: {', '.join(differ) or 'order'}")
 
 
 def _same_type(annotation: Any, expected: str) -> bool:
@@ -58,7 +87,8 @@ def test_methods_match_catalogue(catalogue: dict[str, dict[str, Any]], cls: type
         if bool(diff) != (grad is not None):
             problems.append(f"{name}: grad keyword present={grad is not None}, differentiable inputs {diff}")
         elif grad is not None and not _same_type(
-            grad.annotation, f"bool | Sequence[Literal[{', '.join(map(repr, diff))}]]"
+            grad.annotation,
+            f"bool | Literal[{', '.join(map(repr, diff))}] | Sequence[Literal[{', '.join(map(repr, diff))}]]",
         ):
             problems.append(f"{name}: grad annotation {grad.annotation}")
         server_params = dict(ordered_params(info))

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import doctest
+import os
 import re
 import subprocess
 import sys
@@ -404,3 +405,25 @@ def test_readme_examples_run(url: str) -> None:
     ns: dict[str, Any] = {}
     for block in blocks:
         exec(compile(block.replace(DOC_URL, url), str(README), "exec"), ns)
+
+
+def test_readme_examples_typecheck(tmp_path: Path) -> None:
+    """The README's examples that need no torch pass ``mypy --strict``, as a user's code would."""
+    blocks = [b for b in re.findall(r"```python\n(.*?)```", README.read_text(), re.S) if "import torch" not in b]
+    assert len(blocks) >= 3
+    files = []
+    for i, block in enumerate(blocks):
+        files.append(tmp_path / f"readme_example_{i}.py")
+        files[-1].write_text(block)
+    root = README.parents[1]
+    # MYPYPATH: the editable install's import hook hides the package from mypy
+    env = {**os.environ, "MYPYPATH": str(root / "client")}
+    out = subprocess.run(
+        [sys.executable, "-m", "mypy", "--strict", *map(str, files)],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr

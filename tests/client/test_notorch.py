@@ -25,7 +25,12 @@ def check_without_torch(url: str) -> None:
     """Calls work, torch is never imported, and asking for tensors says why it cannot."""
     with LossClient(url) as c:
         r = c.mse(np.ones(3), np.zeros(3), grad=True)
+        # 0-d inputs, numpy params and one gradient by name: the paths that look for torch tensors
+        f = c.focal(np.array([2.0, 0.5, -1.0]), np.int64(0), gamma=np.float32(1.0), alpha=np.ones(3), grad="input")
+        h = c.huber(np.float32(3.0), 0.5, grad=True)
     assert r.value == 1.0 and np.allclose(r.grads["input"], 2 / 3)  # d mean((x-t)^2)/dx = 2(x-t)/n
+    assert f.grads["input"].shape == (3,) and f.dtypes["value"] == "float64"
+    assert h.scalar == 2.0 and h.grads["input"].shape == () and h.grads["target"].dtype == np.float32
     assert sys.modules.get("torch") is None
     with pytest.raises(ImportError):
         r.to_torch()
