@@ -69,12 +69,14 @@ def _torch_tensor_type() -> Any:
 
 
 def _is_python_data(x: Any) -> bool:
-    """Python numbers and bools, or (nested) lists and tuples of them: what api.md's dtype inference is for."""
-    if isinstance(x, np.generic):  # np.float64 is a float subclass, but it has a dtype of its own
+    """Python numbers and bools, and lists and tuples of them: what api.md's dtype inference is for.
+    A list is judged by its first element (a list of numpy arrays keeps numpy's dtype), so that
+    nothing walks a million numbers before numpy reads them."""
+    while isinstance(x, list | tuple) and x:
+        x = x[0]
+    if isinstance(x, np.generic | np.ndarray):  # np.float64 is a float subclass, with a dtype of its own
         return False
-    if isinstance(x, bool | int | float):
-        return True
-    return isinstance(x, list | tuple) and all(_is_python_data(v) for v in x)
+    return isinstance(x, bool | int | float | list | tuple)
 
 
 TEXT_HINT = "text inputs (edit_distance's) are a list of str, e.g. hypothesis=['kitten']"
@@ -83,9 +85,10 @@ TEXT_HINT = "text inputs (edit_distance's) are a list of str, e.g. hypothesis=['
 def to_wire(x: Any) -> WireTensor | list[str]:
     """One client value -> a wire tensor, or a list of strings (text inputs such as edit_distance's).
 
-    Python numbers and (nested) lists of them follow api.md's inference (any non-integer: float32,
-    all integers: int64); anything with a dtype of its own (numpy arrays and scalars, torch tensors,
-    objects with ``__array__`` or the buffer protocol) keeps it. Shapes are kept, 0-d included.
+    Python numbers and (nested) lists and tuples follow api.md's inference (any non-integer: float32,
+    all integers: int64); anything else with a dtype of its own (numpy arrays and scalars, torch
+    tensors, objects with ``__array__`` or the buffer protocol) keeps it. Shapes are kept, 0-d
+    included: a number is a 0-d tensor, as in torch (``[5]`` for a batch of one).
     """
     tensor_type = _torch_tensor_type()
     if tensor_type is not None and isinstance(x, tensor_type):

@@ -91,6 +91,15 @@ def _value(v: Any, fallback_dtype: str, array: bool = False) -> tuple[float | _w
     return (np.asarray(x, dtype=fallback_dtype) if array else x), fallback_dtype
 
 
+def _same_json(a: Any, b: Any) -> bool:
+    """Whether two JSON values print the same: ``True`` is not ``1`` and ``2`` is not ``2.0``."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, list):
+        return len(a) == len(b) and all(_same_json(x, y) for x, y in zip(a, b))
+    return bool(a == b)
+
+
 def _check_base_url(url: str) -> str:
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.netloc:
@@ -200,7 +209,7 @@ class _Core:
         ps = {
             k: v
             for k, v in sent.items()
-            if not (_wire.dumps(v) == _wire.dumps(entry.defaults[k]) if k in entry.defaults else v is None)
+            if not (_same_json(v, entry.defaults[k]) if k in entry.defaults else v is None)
         }
         return ins, ps
 
@@ -283,7 +292,7 @@ class _Core:
         return sum(t.nbytes for t in wire.values() if isinstance(t, WireTensor)) > self.binary_threshold
 
     def _batch_request(self, calls: Sequence[Call]) -> tuple[_Request, list[tuple[str, bool]]]:
-        wires = [{k: _wire.to_wire(v) for k, v in c.inputs.items()} for c in calls]
+        wires = [{k: _wire.to_wire(v) for k, v in c.inputs.items() if v is not None} for c in calls]
         b64 = self.binary is not False and self._b64({f"{i}.{k}": t for i, w in enumerate(wires) for k, t in w.items()})
         body: dict[str, Any] = {
             "calls": [

@@ -138,7 +138,7 @@ class Term:
     """One term of :meth:`LossClient.composite`: ``inputs`` maps the loss's inputs to shared tensor names.
 
     ``weight`` must be finite (the server takes weights as JSON numbers); numpy and torch scalars are
-    accepted and kept as Python numbers.
+    accepted at run time and kept as Python numbers (typed ``float``: ``float(x)`` for type checkers).
     """
 
     loss: str

@@ -145,6 +145,7 @@ def test_python_numbers_follow_the_json_inference() -> None:
         ((1, 2, 3), "int64", (3,)),
         ([1, 2.5], "float32", (2,)),
         ([np.float64(1.0), np.float64(2.0)], "float64", (2,)),  # numpy scalars keep their dtype
+        (np.float64(1.0), "float64", ()),
     ]
     for value, dtype, shape in cases:
         w = to_wire(value)
@@ -251,7 +252,9 @@ def test_compute_leaves_out_none_inputs(url: str) -> None:
     with LossClient(url) as c:
         with_none = c.compute("cross_entropy", input=logits, target=[0], weight=None)
         without = c.compute("cross_entropy", input=logits, target=[0])
+        (in_batch,) = c.batch([Call("cross_entropy", {"input": logits, "target": [0], "weight": None})])
     assert with_none.value == without.value == asyncio.run(run())
+    assert isinstance(in_batch, LossResult) and in_batch.value == without.value
 
 
 def test_grad_as_one_name(url: str) -> None:
