@@ -67,7 +67,8 @@ class Params(BaseModel):
     """Base of every loss's params model: unknown params are errors, not ignored."""
 
     # strict: "2" is not a number and true is not an index (JSON numbers still fill float fields).
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+    # allow_inf_nan=False: a float param is finite unless its field says otherwise (triplet_margin's p).
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
 
 class Reduced(Params):

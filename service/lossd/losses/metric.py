@@ -89,7 +89,7 @@ class TripletMarginParams(Reduced):
     margin: float = Field(1.0, gt=0.0, allow_inf_nan=False)
     # Any p > 0, infinity (the max norm) included. p = 0 (a count of the non-zero coordinates) has no gradient
     # path, and p < 0 is not a distance: refused, although torch computes them.
-    p: float = Field(2.0, gt=0.0, description='norm order, > 0; "Infinity" for the max norm')
+    p: float = Field(2.0, gt=0.0, allow_inf_nan=True, description='norm order, > 0; "Infinity" for the max norm')
     eps: float = Field(1e-6, allow_inf_nan=False)
     swap: bool = False
 
