@@ -55,22 +55,12 @@ def _torch_result(
     return TorchResult(_to_torch(value, dtypes.get("value", "float32"), device), tensors)
 
 
-@dataclass(frozen=True)
-class LossResult:
-    """One loss's answer.
+class _Valued:
+    """What LossResult and CompositeResult share: a value, its gradients and their wire dtypes."""
 
-    ``value`` is a float, or an array for ``reduction="none"`` (on either transport, 0-d included);
-    ``scalar`` and ``array`` are the same value typed for each case. ``grads`` maps input names to
-    arrays shaped like the inputs; ``terms`` holds named terms' unweighted values (centernet).
-    """
-
-    loss: str
     value: float | NDArray
-    grads: dict[str, NDArray] = field(default_factory=dict)
-    terms: dict[str, float] | None = None
-    request_id: str | None = None
-    #: wire dtypes: "value" and each gradient's input name (bfloat16 arrives as float32 arrays)
-    dtypes: dict[str, str] = field(default_factory=dict)
+    grads: dict[str, NDArray]
+    dtypes: dict[str, str]
 
     def to_torch(self, device: Any = None) -> TorchResult:
         """The value and gradients as torch tensors in their wire dtypes (needs torch)."""
@@ -88,6 +78,24 @@ class LossResult:
 
 
 @dataclass(frozen=True)
+class LossResult(_Valued):
+    """One loss's answer.
+
+    ``value`` is a float, or an array for ``reduction="none"`` (on either transport, 0-d included);
+    ``scalar`` and ``array`` are the same value typed for each case. ``grads`` maps input names to
+    arrays shaped like the inputs; ``terms`` holds named terms' unweighted values (centernet).
+    """
+
+    loss: str
+    value: float | NDArray
+    grads: dict[str, NDArray] = field(default_factory=dict)
+    terms: dict[str, float] | None = None
+    request_id: str | None = None
+    #: wire dtypes: "value" and each gradient's input name (bfloat16 arrives as float32 arrays)
+    dtypes: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class CompositeTermValue:
     loss: str
     weight: float
@@ -100,7 +108,7 @@ class CompositeTermValue:
 
 
 @dataclass(frozen=True)
-class CompositeResult:
+class CompositeResult(_Valued):
     """``value`` is the weighted sum; each term's value is unweighted; ``grads`` are of the sum."""
 
     value: float | NDArray
@@ -108,19 +116,6 @@ class CompositeResult:
     grads: dict[str, NDArray] = field(default_factory=dict)
     request_id: str | None = None
     dtypes: dict[str, str] = field(default_factory=dict)
-
-    def to_torch(self, device: Any = None) -> TorchResult:
-        return _torch_result(self.value, self.grads, self.dtypes, device)
-
-    @property
-    def scalar(self) -> float:
-        """The value as a float; TypeError if it is an array with dimensions (``reduction="none"``)."""
-        return _scalar(self.value)
-
-    @property
-    def array(self) -> NDArray:
-        """The value as an array (a float becomes a 0-d array of the value's dtype)."""
-        return _array(self.value, self.dtypes.get("value"))
 
 
 @dataclass(frozen=True)
