@@ -124,6 +124,8 @@ def test_nonfinite_params_travel_as_json_allows(url: str, binary: bool) -> None:
     ref = F.triplet_margin_loss(*(torch.from_numpy(v) for v in (a, q, n)), p=float("inf"))
     with LossClient(url, binary=binary) as c:
         r = c.triplet_margin(a, q, n, p=float("inf"))
+        spelled = c.triplet_margin(a, q, n, p="Infinity")  # as the catalogue's schema allows it
+        schema = c.loss_info("triplet_margin").params["properties"]["p"]
         (b,) = c.batch([Call("triplet_margin", {"anchor": a, "positive": q, "negative": n}, params={"p": np.inf})])
         comp = c.composite(
             {"a": a, "q": q, "n": n},
@@ -131,7 +133,8 @@ def test_nonfinite_params_travel_as_json_allows(url: str, binary: bool) -> None:
         )
         with pytest.raises(ValidationError) as e:
             c.huber(a, q, delta=float("inf"))  # huber's delta must be finite: the server says so
-    assert r.value == ref.item()
+    assert r.value == ref.item() == spelled.value
+    assert {"const": "Infinity"} in schema["anyOf"]
     assert isinstance(b, lossd_client.LossResult) and b.value == ref.item()
     assert comp.value == ref.item()
     assert "finite" in str(e.value)

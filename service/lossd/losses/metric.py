@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Annotated, Any
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field
+from pydantic import Field, WithJsonSchema
 
 from lossd.losses._common import reduce
 from lossd.spec import (
@@ -89,7 +89,9 @@ class TripletMarginParams(Reduced):
     margin: float = Field(1.0, gt=0.0, allow_inf_nan=False)
     # Any p > 0, infinity (the max norm) included. p = 0 (a count of the non-zero coordinates) has no gradient
     # path, and p < 0 is not a distance: refused, although torch computes them.
-    p: float = Field(2.0, gt=0.0, allow_inf_nan=True, description='norm order, > 0; "Infinity" for the max norm')
+    p: Annotated[
+        float, WithJsonSchema({"anyOf": [{"type": "number", "exclusiveMinimum": 0}, {"const": "Infinity"}]})
+    ] = Field(2.0, gt=0.0, allow_inf_nan=True, description='norm order, > 0; "Infinity" for the max norm')
     eps: float = Field(1e-6, allow_inf_nan=False)
     swap: bool = False
 
