@@ -150,10 +150,13 @@ def float_dtype(tensors: Mapping[str, WireTensor | list[str]]) -> str:
 # -- JSON ------------------------------------------------------------------------------
 
 
+def _spelling(v: float) -> str:
+    """A non-finite float as JSON carries it (api.md)."""
+    return "NaN" if math.isnan(v) else ("Infinity" if v > 0 else "-Infinity")
+
+
 def _finite_or_str(values: list[Any]) -> list[Any]:
-    return [
-        v if math.isfinite(v) else ("NaN" if math.isnan(v) else ("Infinity" if v > 0 else "-Infinity")) for v in values
-    ]
+    return [v if math.isfinite(v) else _spelling(v) for v in values]
 
 
 def tensor_to_json(t: WireTensor | list[str], b64: bool = False) -> Any:
@@ -193,7 +196,7 @@ def params_to_json(params: Mapping[str, Any]) -> dict[str, Any]:
 
 def _nonfinite_to_str(v: Any) -> Any:
     if isinstance(v, float) and not math.isfinite(v):
-        return "NaN" if math.isnan(v) else ("Infinity" if v > 0 else "-Infinity")
+        return _spelling(v)
     if isinstance(v, list | tuple):
         return [_nonfinite_to_str(x) for x in v]
     if isinstance(v, Mapping):

@@ -235,10 +235,8 @@ def _rectangular_rows(obj: list[Any]) -> bool:
     while isinstance(first, list) and first:
         dims.append(len(first))
         first = first[0]
-    for k in range(1, len(dims)):  # level k: lists, all of length dims[k] (the levels above are)
-        if set(map(type, _level(obj, k))) != {list} or set(map(len, _level(obj, k))) != {dims[k]}:
-            return False
-    return True
+    # Level k: lists, all of length dims[k] (the levels above are); one pass, stopping at the first that is not.
+    return all(type(row) is list and len(row) == dims[k] for k in range(1, len(dims)) for row in _level(obj, k))
 
 
 def _level(obj: list[Any], k: int) -> Any:

@@ -23,7 +23,7 @@ from typing import Any
 import pydantic
 import torch
 
-from lossd.codecs import JSONTensor
+from lossd.codecs import NONFINITE_IN, JSONTensor
 from lossd.errors import Problem, field_error
 from lossd.losses import Catalogue
 from lossd.spec import Input, InputError, LossSpec, Params
@@ -200,15 +200,11 @@ def parse_grad(spec: LossSpec, grad: Any, given: Mapping[str, Any]) -> tuple[str
 
 # JSON has no infinity: params take the spellings tensor data takes (decisions.md, Numbers). Where a
 # param must be finite, its model says so ("Input should be a finite number").
-_NONFINITE = {"NaN": math.nan, "nan": math.nan, "Infinity": math.inf, "inf": math.inf}
-_NONFINITE |= {"-Infinity": -math.inf, "-inf": -math.inf}
-
-
 def _nonfinite(v: Any) -> Any:
     if isinstance(v, str):
-        return _NONFINITE.get(v, v)
+        return NONFINITE_IN.get(v, v)
     if isinstance(v, list):
-        return [_NONFINITE.get(x, x) if isinstance(x, str) else x for x in v]
+        return [NONFINITE_IN.get(x, x) if isinstance(x, str) else x for x in v]
     return v
 
 
@@ -218,7 +214,7 @@ def parse_params(spec: LossSpec, params: Any) -> Params:
     if not isinstance(params, dict):
         raise field_error(("params",), "expected an object")
     for v in params.values():
-        if (type(v) is str and v in _NONFINITE) or type(v) is list:
+        if (type(v) is str and v in NONFINITE_IN) or type(v) is list:
             params = {k: _nonfinite(v) for k, v in params.items()}
             break
     try:
