@@ -9,7 +9,7 @@ mkdir -p .whl
 pins=()
 for name in fastapi starlette pydantic pydantic-core pydantic-settings annotated-types typing-inspection \
     python-dotenv fastapi-offline rapidfuzz httptools orjson annotated-doc uvicorn typing-extensions pysimdjson \
-    opentelemetry-api pytest pytest-asyncio pluggy iniconfig; do
+    opentelemetry-api websockets pytest pytest-asyncio pluggy iniconfig; do
     pattern=${name//[-_]/[-_]}  # constraints.txt spells some names with _ (pip freeze)
     pin=$(grep -i -E "^${pattern}==" constraints.txt) || { echo "no pin for $name in constraints.txt" >&2; exit 1; }
     pins+=("$pin")

@@ -638,3 +638,43 @@ def test_small_calls_of_one_turn_spread_over_cpu_engines() -> None:
     assert [e.calls for e in engines] == [2, 2] and [e.inflight for e in engines] == [0, 0]
     for e in engines:
         e.shutdown()
+
+
+def test_light_calls_on_a_gpu_engine_run_on_the_loop_only_while_its_worker_is_idle() -> None:
+    """A GPU engine (its device relabelled: the rule reads only the device type) takes a light call on the
+    event loop when nothing of it is on its worker, as the CPU does; with a call on the worker, light calls
+    go to the worker behind it, so that the loop never waits for another call's kernels."""
+    engine = Engine(CAT, torch.device("cpu"), Settings(warmup=False))
+    engine.device = torch.device("cuda", 0)
+    d = Dispatcher([engine], max_concurrency=64, retry_after_s=1)
+    loop_thread = threading.get_ident()
+    release = threading.Event()
+
+    def where(e: Engine, w: int) -> tuple[int, bool]:
+        return w, threading.get_ident() == loop_thread
+
+    def slow(e: Engine) -> str:
+        release.wait(10)
+        return "slow"
+
+    async def scenario() -> tuple[list[tuple[int, bool]], list[tuple[int, bool]]]:
+        deadline = time.monotonic() + 10
+        light = [d.small(lambda i=i: (i, None), lambda w: True, where, lambda r, c: r, deadline) for i in range(3)]
+        idle = await asyncio.gather(*light)
+        worker = asyncio.ensure_future(d.submit(slow, deadline=deadline))
+        await asyncio.sleep(0.05)
+        assert engine.inflight == 1
+        light = [d.small(lambda i=i: (i, None), lambda w: True, where, lambda r, c: r, deadline) for i in range(3, 5)]
+        pending = asyncio.gather(*light)
+        await asyncio.sleep(0.05)
+        assert not pending.done()  # queued behind the worker's call, not run on the loop
+        release.set()
+        busy = await pending
+        assert await worker == "slow"
+        return idle, busy
+
+    idle, busy = asyncio.run(scenario())
+    assert idle == [(0, True), (1, True), (2, True)]
+    assert busy == [(3, False), (4, False)]
+    assert engine.inflight == 0 and engine.calls == 6
+    engine.shutdown()

@@ -529,7 +529,9 @@ def test_composite_sums_weighted_terms(server: Server) -> None:
     r = post(server, "/v1/composite", json=mixed)
     assert r.status_code == 200, r.text
     x, pr = logits.clone().requires_grad_(True), p.clone().requires_grad_(True)
-    ref = torch.nn.functional.cross_entropy(x, pr.detach()) + 3.0 * torch.nn.functional.mse_loss(pr, torch.zeros(4, 3))
+    ref = torch.nn.functional.cross_entropy(x, pr.detach()) + 3.0 * torch.nn.functional.mse_loss(
+        pr, torch.zeros(4, 3, dtype=torch.float64)
+    )
     ref.backward()
     got = r.json()["grads"]
     assert r.json()["value"] == pytest.approx(ref.item(), rel=1e-12)

@@ -214,8 +214,8 @@ class Service:
         """One request of any endpoint: ``decode()`` -> (work, context), ``run(engine, work)`` -> result,
         ``encode(result, context)`` -> the answer. A small body goes with the others of its turn of the
         event loop (:meth:`Dispatcher.small`: decoded and encoded on the loop, computed there too when
-        ``light(work)`` on the CPU); a large one is decoded and encoded on the host pool and computed on
-        a device worker."""
+        ``light(work)`` and the engine allows: :meth:`Dispatcher._on_loop`); a large one is decoded and
+        encoded on the host pool and computed on a device worker."""
         if self._small(body):
             return await self.dispatcher.small(decode, light, run, encode, deadline)
         work, context = await self._on_host(decode)

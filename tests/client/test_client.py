@@ -133,10 +133,11 @@ def test_nonfinite_params_travel_as_json_allows(url: str, binary: bool) -> None:
         )
         with pytest.raises(ValidationError) as e:
             c.huber(a, q, delta=float("inf"))  # huber's delta must be finite: the server says so
-    assert r.value == ref.item() == spelled.value
+    # The same bits for both spellings; the reference's within an ulp (the server may be on a GPU).
+    assert r.value == spelled.value == b.value == pytest.approx(ref.item(), rel=1e-6)
     assert {"const": "Infinity"} in schema["anyOf"]
-    assert isinstance(b, lossd_client.LossResult) and b.value == ref.item()
-    assert comp.value == ref.item()
+    assert isinstance(b, lossd_client.LossResult)
+    assert comp.value == pytest.approx(ref.item(), rel=1e-6)
     assert "finite" in str(e.value)
 
 
@@ -222,7 +223,9 @@ def test_torch_is_never_imported_by_the_client(url: str) -> None:
         "assert 'torch' not in sys.modules, 'torch was imported'\n"
     )
     env_path = str(Path(lossd_client.__file__).resolve().parents[1])
-    out = subprocess.run([sys.executable, "-c", code], env={"PYTHONPATH": env_path}, capture_output=True, text=True)
+    # The caller's path stays (a machine may hold pydantic and httpx there), behind the client's own.
+    path = os.pathsep.join(p for p in (env_path, os.environ.get("PYTHONPATH")) if p)
+    out = subprocess.run([sys.executable, "-c", code], env={"PYTHONPATH": path}, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
 
 
@@ -412,6 +415,7 @@ def test_readme_examples_run(url: str) -> None:
 
 def test_readme_examples_typecheck(tmp_path: Path) -> None:
     """The README's examples that need no torch pass ``mypy --strict``, as a user's code would."""
+    pytest.importorskip("mypy")  # a dev dependency: CI has it, a bare GPU image may not
     blocks = [b for b in re.findall(r"```python\n(.*?)```", README.read_text(), re.S) if "import torch" not in b]
     assert len(blocks) >= 3
     files = []
