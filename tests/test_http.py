@@ -505,7 +505,7 @@ def test_composite_sums_weighted_terms(server: Server) -> None:
     fl = (-(1 - logp.exp()) * logp).mean()
     total = 0.5 * ce + 2.0 * fl
     total.backward()
-    assert out["terms"][0]["value"] == pytest.approx(float(ce)) and out["terms"][1]["value"] == pytest.approx(float(fl))
+    assert out["terms"][0]["value"] == pytest.approx(ce.item()) and out["terms"][1]["value"] == pytest.approx(fl.item())
     assert out["value"] == pytest.approx(float(total))
     g = torch.tensor(out["grads"]["logits"]["data"], dtype=torch.float64).reshape(4, 3)
     torch.testing.assert_close(g, x.grad)

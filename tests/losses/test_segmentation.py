@@ -10,6 +10,7 @@ import pytest
 import torch
 from pydantic import ValidationError
 
+from lossd.errors import Problem
 from lossd.losses import segmentation as seg
 from lossd.spec import InputError, LossSpec
 
@@ -403,7 +404,16 @@ def test_overlap_bool_target_must_be_shaped_like_input() -> None:
         for name in ("dice", "tversky"):
             with pytest.raises(InputError) as e:
                 spec(name).check({"input": x, "target": bad}, spec(name).params())  # type: ignore[misc]
-            assert e.value.loc == ("inputs", "target") and "got bool" in e.value.msg
+            assert e.value.loc == ("inputs", "target")
+            assert f"got a non-integer target {tuple(bad.shape)}".replace(" ", "") in e.value.msg.replace(" ", "")
+
+
+def test_overlap_bool_target_of_the_wrong_shape_over_json_names_no_float() -> None:
+    """JSON booleans reach the check already in the call's float dtype: the 422 must not call them float."""
+    x = torch.rand(2, 1, 2).tolist()
+    with pytest.raises(Problem) as e:
+        _json_call("dice", {"inputs": {"input": x, "target": [[True, False]]}})
+    assert e.value.status == 422 and "float" not in e.value.detail and "(1,2)" in e.value.detail
 
 
 def _json_call(name: str, body: dict[str, Any]) -> dict[str, Any]:

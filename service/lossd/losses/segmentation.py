@@ -156,11 +156,12 @@ def _check_overlap(inputs: Mapping[str, Any], p: DiceParams) -> None:
         )
     if t.is_floating_point() or t.dtype == torch.bool:
         if t.shape != x.shape:
-            kind = "bool" if t.dtype == torch.bool else "float"
+            # No dtype in the message: a bool one-hot arrives here already converted to the call's float dtype.
             raise InputError(
                 ("inputs", "target"),
                 f"expected probabilities / one-hot shaped like input {shape_str(x)}, or integer class indices "
-                f"({x.shape[0]}{''.join(',' + str(s) for s in x.shape[2:])}), got {kind} {shape_str(t)}",
+                f"({x.shape[0]}{''.join(',' + str(s) for s in x.shape[2:])}), got a non-integer target "
+                f"{shape_str(t)}",
             )
         if t.is_floating_point():  # a bool one-hot is 0/1 by its dtype
             require_unit_interval(t, "target", "target probabilities / one-hot values")
