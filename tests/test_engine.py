@@ -378,7 +378,7 @@ def test_only_small_linear_work_runs_on_the_event_loop(monkeypatch: pytest.Monke
 
     import orjson
 
-    from lossd.service import INLINE_MAX_ELEMENTS, Service
+    from lossd.service import INLINE_MAX_CALLS, INLINE_MAX_ELEMENTS, Service
 
     svc = Service(Settings(warmup=False, device="cpu"))
     seen: list[bool] = []
@@ -417,10 +417,21 @@ def test_only_small_linear_work_runs_on_the_event_loop(monkeypatch: pytest.Monke
             out = orjson.loads(await svc.compute(svc.spec(name), memoryview(raw), False, False, time.monotonic() + 5))
             assert out["loss"] == name
 
+    async def batches() -> None:
+        one = {"loss": "mse", "inputs": {"input": [1.0], "target": [0.0]}}
+        for n in (INLINE_MAX_CALLS, INLINE_MAX_CALLS + 1):
+            seen.append(True)
+            out = orjson.loads(
+                await svc.batch(memoryview(orjson.dumps({"calls": [one] * n})), None, time.monotonic() + 5)
+            )
+            assert [r["value"] for r in out["results"]] == [1.0] * n
+
     svc.ready = True
     asyncio.run(scenario())
+    asyncio.run(batches())
     svc.close()
-    assert seen == [inline for *_, inline in calls]
+    # A batch of many tiny calls is not light either: each call has its fixed cost (on a GPU, its copies).
+    assert seen == [inline for *_, inline in calls] + [True, False]
 
 
 def test_body_bytes_in_flight_are_bounded() -> None:
@@ -678,3 +689,76 @@ def test_light_calls_on_a_gpu_engine_run_on_the_loop_only_while_its_worker_is_id
     assert busy == [(3, False), (4, False)]
     assert engine.inflight == 0 and engine.calls == 6
     engine.shutdown()
+
+
+def test_a_cancelled_call_counts_in_flight_until_its_worker_is_done() -> None:
+    """Ray cancels a request whose client went away, but its call may already be running on the worker: the
+    engine counts it in flight until the worker is done, so a light call on a GPU engine does not start on the
+    loop beside it, and placement sees the busy engine."""
+    engine = Engine(CAT, torch.device("cpu"), Settings(warmup=False))
+    engine.device = torch.device("cuda", 0)
+    d = Dispatcher([engine], max_concurrency=64, retry_after_s=1)
+    loop_thread = threading.get_ident()
+    started, release = threading.Event(), threading.Event()
+
+    def slow(e: Engine) -> str:
+        started.set()
+        release.wait(10)
+        return "slow"
+
+    def where(e: Engine, w: int) -> bool:
+        return threading.get_ident() == loop_thread
+
+    async def scenario() -> bool:
+        deadline = time.monotonic() + 10
+        worker = asyncio.ensure_future(d.submit(slow, deadline=deadline))
+        while not started.is_set():
+            await asyncio.sleep(0.01)
+        worker.cancel()
+        await asyncio.sleep(0.05)
+        assert engine.inflight == 1 and engine.calls == 0  # still running there
+        light = asyncio.ensure_future(d.small(lambda: (0, None), lambda w: True, where, lambda r, c: r, deadline))
+        await asyncio.sleep(0.05)
+        assert not light.done()  # behind the cancelled call's work, on the worker
+        release.set()
+        on_loop = await light
+        assert engine.inflight == 0 and engine.calls == 2
+        return on_loop
+
+    assert asyncio.run(scenario()) is False
+    engine.shutdown()
+
+
+def test_light_calls_go_to_a_gpu_engine_free_for_the_loop_rather_than_a_busy_one() -> None:
+    """Two GPU engines, the first busy on its worker: the light calls of a turn all run on the loop on the
+    second, rather than paying a hand-off or queueing behind the first one's call."""
+    engines = [Engine(CAT, torch.device("cpu"), Settings(warmup=False)) for _ in range(2)]
+    for i, e in enumerate(engines):
+        e.device = torch.device("cuda", i)
+    d = Dispatcher(engines, max_concurrency=64, retry_after_s=1)
+    loop_thread = threading.get_ident()
+    started, release = threading.Event(), threading.Event()
+
+    def slow(e: Engine) -> str:
+        started.set()
+        release.wait(10)
+        return "slow"
+
+    def where(e: Engine, w: int) -> tuple[str, bool]:
+        return str(e.device), threading.get_ident() == loop_thread
+
+    async def scenario() -> list[tuple[str, bool]]:
+        deadline = time.monotonic() + 10
+        worker = asyncio.ensure_future(d.submit(slow, deadline=deadline))
+        while not started.is_set():
+            await asyncio.sleep(0.01)
+        light = [d.small(lambda i=i: (i, None), lambda w: True, where, lambda r, c: r, deadline) for i in range(3)]
+        out = await asyncio.gather(*light)
+        release.set()
+        assert await worker == "slow"
+        return out
+
+    assert asyncio.run(scenario()) == [("cuda:1", True)] * 3
+    assert [e.calls for e in engines] == [1, 3] and [e.inflight for e in engines] == [0, 0]
+    for e in engines:
+        e.shutdown()

@@ -38,6 +38,9 @@ SAFETENSORS = "application/x-safetensors"
 # the event loop holds at most this many elements, for losses whose work is linear in them
 # (tens to hundreds of microseconds).
 INLINE_MAX_ELEMENTS = 16384
+# ... and at most this many calls (a batch's, a composite's terms): each call has a fixed cost, some
+# 40 µs on the CPU and several copies to and from a GPU, so 256 tiny calls held the loop for 10 ms.
+INLINE_MAX_CALLS = 16
 # Shares of the work bound are fractions: calls that add up to exactly one bound must not fail on rounding.
 WORK_SLACK = 1e-9
 
@@ -196,7 +199,11 @@ class Service:
     @staticmethod
     def _light(calls: list[Call]) -> bool:
         """Whether calls of a small body are also little work, so that they may run on the event loop."""
-        return not any(c.spec.superlinear for c in calls) and sum(c.elements() for c in calls) <= INLINE_MAX_ELEMENTS
+        return (
+            len(calls) <= INLINE_MAX_CALLS
+            and not any(c.spec.superlinear for c in calls)
+            and sum(c.elements() for c in calls) <= INLINE_MAX_ELEMENTS
+        )
 
     async def _on_host(self, fn: Any, *args: Any) -> Any:
         """Host-side work for a large body (decoding, encoding), on the host pool, off the event loop."""

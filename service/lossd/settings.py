@@ -30,9 +30,9 @@ class Settings(BaseSettings):
     inline_max_bytes: int = Field(
         65536,
         ge=0,
-        description="Bodies up to this size are decoded on the event loop and, on the CPU, computed there too "
-        "when the call is little work (at most 16,384 elements of a linear loss; cheaper than a thread "
-        "hand-off); the rest goes to worker threads. 0: always hand off.",
+        description="Bodies up to this size are decoded on the event loop and computed there too when the call "
+        "is little work (at most 16 calls and 16,384 elements of linear losses; on a GPU only while its worker "
+        "is idle), which is cheaper than a thread hand-off; the rest goes to worker threads. 0: always hand off.",
     )
     body_timeout_s: float = Field(
         30.0,
