@@ -762,3 +762,36 @@ def test_light_calls_go_to_a_gpu_engine_free_for_the_loop_rather_than_a_busy_one
     assert [e.calls for e in engines] == [1, 3] and [e.inflight for e in engines] == [0, 0]
     for e in engines:
         e.shutdown()
+
+
+def test_engine_calls_count_what_ran_as_metrics_do_and_every_device_has_series_from_the_start() -> None:
+    """/v1/info's per-device calls and /metrics' lossd_device_calls_total agree: a call past its deadline (504)
+    ran nowhere, on the loop or on a worker; each engine's series exist, at 0, before its first call."""
+    import re
+
+    from lossd.service import Service
+
+    svc = Service(Settings(warmup=False, device="cpu,cpu"))
+    text = svc.metrics.render().decode()
+    for dev in ("cpu:0", "cpu:1"):
+        for name in ("lossd_device_calls_total", "lossd_compute_seconds_count", "lossd_inflight_calls"):
+            assert re.search(rf'^{name}\{{device="{dev}"\}} 0\.0$', text, re.M), (name, dev)
+    d = svc.dispatcher
+
+    async def scenario() -> None:
+        past = time.monotonic() - 1
+        for _ in range(2):
+            with pytest.raises(Problem) as e:
+                await d.submit(lambda e: "never", deadline=past)
+            assert e.value.status == 504
+            with pytest.raises(Problem) as e:
+                await d.small(lambda: (0, None), lambda w: True, lambda e, w: "never", lambda r, c: r, past)
+            assert e.value.status == 504
+        assert await d.submit(lambda e: "ran", deadline=time.monotonic() + 5) == "ran"
+
+    asyncio.run(scenario())
+    assert sum(e.calls for e in svc.engines) == 1 and [e.inflight for e in svc.engines] == [0, 0]
+    text = svc.metrics.render().decode()
+    counted = [float(v) for v in re.findall(r'^lossd_device_calls_total\{device="cpu:\d"\} (\S+)$', text, re.M)]
+    assert sum(counted) == 1
+    svc.close()

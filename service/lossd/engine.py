@@ -471,6 +471,8 @@ def _terms(terms: Mapping[str, torch.Tensor] | None) -> dict[str, float] | None:
 
 # A call waiting for the end of a turn of the event loop: fn, its arguments, its deadline, its answer.
 _Queued = tuple[Any, tuple[Any, ...], float, "asyncio.Future[Any]"]
+# (ok, the result or the exception, whether the call ran: a call past its deadline did not)
+_Outcome = tuple[bool, Any, bool]
 
 
 @dataclass(slots=True, eq=False)
@@ -599,7 +601,7 @@ class Dispatcher:
             except RuntimeError:  # the engine has been shut down
                 for *_, done in part:
                     shutting_down = Problem(503, "the server is shutting down", headers={"Retry-After": "1"})
-                    _finished(engine, done, (False, shutting_down))
+                    _finished(engine, done, (False, shutting_down, False))
 
     async def small(
         self,
@@ -669,12 +671,12 @@ class Dispatcher:
                         continue
                     engine.inflight += 1
                     placed[engine] = placed.get(engine, 0) + 1
-                    engine.calls += 1
-                    outcome = self._outcome(job.run, engine, (work,), job.deadline)
+                    ok, value, ran = self._outcome(job.run, engine, (work,), job.deadline)
+                    engine.calls += ran
                 except Exception as e:
                     job.done.set_exception(e)
                     continue
-                computed.append((job, context, outcome))
+                computed.append((job, context, (ok, value)))
         finally:
             for engine, n in placed.items():
                 engine.inflight -= n
@@ -707,18 +709,18 @@ class Dispatcher:
         about 1,800 requests/s on the worker, 3,200 on the loop)."""
         return engine.device.type == "cpu" or engine.inflight == on_loop
 
-    def _outcome(self, fn: Any, engine: Engine, args: tuple[Any, ...], deadline: float) -> tuple[bool, Any]:
-        """Run one call if its deadline has not passed: (True, result) or (False, the exception: a
-        Problem, or a bug that the request's handler reports)."""
+    def _outcome(self, fn: Any, engine: Engine, args: tuple[Any, ...], deadline: float) -> _Outcome:
+        """Run one call if its deadline has not passed: (True, result, ran) or (False, the exception: a
+        Problem, or a bug that the request's handler reports, ran); ``ran`` is False for a 504."""
         if time.monotonic() > deadline:
             if self.on_refused is not None:
                 self.on_refused("deadline")
-            return False, Problem(504, "the call's deadline passed before it ran")
+            return False, Problem(504, "the call's deadline passed before it ran"), False
         t0 = time.perf_counter()
         try:
-            return True, fn(engine, *args)
+            return True, fn(engine, *args), True
         except Exception as e:
-            return False, e
+            return False, e, True
         finally:
             if self.on_ran is not None:
                 self.on_ran(engine, time.perf_counter() - t0)
@@ -776,12 +778,14 @@ def _unreduced(call: Call) -> bool:
     return call.param_kwargs.get("reduction") == "none"
 
 
-def _finished(engine: Engine, done: asyncio.Future[Any], outcome: tuple[bool, Any] | None) -> None:
-    """A worker is done with a call (``outcome`` None: skipped, its request was cancelled)."""
+def _finished(engine: Engine, done: asyncio.Future[Any], outcome: _Outcome | None) -> None:
+    """A worker is done with a call (``outcome`` None: skipped, its request was cancelled). The engine's
+    ``calls`` counts the calls it ran, as /metrics' lossd_device_calls_total does."""
     engine.inflight -= 1
-    engine.calls += 1
     if outcome is not None:
-        _settle(done, outcome)
+        ok, value, ran = outcome
+        engine.calls += ran
+        _settle(done, (ok, value))
 
 
 def _settle(done: asyncio.Future[Any], outcome: tuple[bool, Any]) -> None:

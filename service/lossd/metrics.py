@@ -57,6 +57,12 @@ class Metrics:
         if status >= 400:
             self.errors.labels(str(status)).inc()
 
+    def add_device(self, device: str) -> None:
+        """A device's series from start-up, at 0 until it runs a call: every engine shows on a dashboard."""
+        if device not in self._device_children:
+            self._device_children[device] = (self.compute.labels(device), self.device_calls.labels(device))
+        self.inflight.labels(device).set(0)
+
     def observe_compute(self, device: str, seconds: float) -> None:
         children = self._device_children.get(device)
         if children is None:

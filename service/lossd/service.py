@@ -66,6 +66,8 @@ class Service:
             torch.set_num_threads(settings.torch_threads)
         devices = [resolve_device(d) for d in expand_devices(settings.device, settings.cpu_engines)]
         self.engines = [Engine(self.catalogue, d, settings, settings.compute_threads) for d in devices]
+        for engine in self.engines:
+            self.metrics.add_device(str(engine.device))
         self.dispatcher = Dispatcher(
             self.engines,
             settings.max_concurrency,
