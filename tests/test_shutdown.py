@@ -107,3 +107,32 @@ def test_grace_period_bounds_the_wait() -> None:
                 continue  # the connection closed under it
             assert r.status_code != 200
         pool.shutdown()
+
+
+def test_a_call_cut_by_the_grace_period_gets_a_retryable_problem() -> None:
+    """A call still computing when the grace runs out is answered 503 problem+json with Retry-After and its
+    X-Request-ID (uvicorn alone would send a bare text/plain 500), then the server exits 1."""
+    import safetensors.torch
+
+    env = {"LOSSD_SHUTDOWN_GRACE_S": "1", "LOSSD_WARMUP": "false", "LOSSD_TORCH_THREADS": "1"}
+    gen = torch.Generator().manual_seed(0)
+    # info_nce at its cost bound, N=4096 and D=1024: seconds of compute on one thread.
+    z = {"z1": torch.randn(4096, 1024, generator=gen), "z2": torch.randn(4096, 1024, generator=gen)}
+    body = safetensors.torch.save(z, metadata={"grad": "true"})
+    with run_server(env=env) as srv, ThreadPoolExecutor(1) as pool:
+        call = pool.submit(
+            httpx.post,
+            srv.url + "/v1/losses/info_nce",
+            content=body,
+            headers={"Content-Type": "application/x-safetensors", "X-Request-ID": "cut-1"},
+            timeout=60.0,
+        )
+        time.sleep(1.0)  # uploaded and computing
+        assert not call.done()
+        os.kill(srv.pid, signal.SIGTERM)
+        r = call.result(timeout=60)
+        assert r.status_code == 503, r.text
+        assert r.headers["content-type"].startswith("application/problem+json")
+        assert r.headers["x-request-id"] == "cut-1" and "Retry-After" in r.headers
+        assert "retry" in r.json()["detail"]
+        assert srv.proc.wait(timeout=30) == 1

@@ -71,6 +71,22 @@ class RequestContext:
             state["endpoint"] = route[0]
             try:
                 status = await self.compute(scope, receive, send, headers, route, rid, state)
+            except asyncio.CancelledError:
+                # uvicorn cancels the calls still running when the shutdown grace runs out, Ray those whose
+                # client went away: a retryable 503 rather than uvicorn's bare text/plain 500. The compute
+                # endpoints send nothing before their answer is complete; where a send fails (the client
+                # is gone, or the answer was half sent) there is no one to tell.
+                cut = Problem(
+                    503,
+                    "the server stopped before this call finished; retry",
+                    headers={"Retry-After": str(self.service.settings.retry_after_s)},
+                )
+                with contextlib.suppress(Exception):
+                    await send_problem(send, cut, rid)
+                self.service.metrics.observe(
+                    scope["method"], route[0], state.get("loss", ""), 503, time.perf_counter() - t0
+                )
+                raise
             except Exception:
                 log.exception("unhandled error for %s %s", scope.get("method"), scope.get("path"))
                 status = 500  # the compute endpoints send nothing before their answer is complete
