@@ -14,8 +14,9 @@ import torch
 import torch.nn.functional as F
 from serverutil import run_server
 
-from lossd.cli import parse
+from lossd.cli import main, parse
 from lossd.devices import expand_devices
+from lossd.engine import resolve_device
 
 
 def test_device_lists() -> None:
@@ -23,9 +24,28 @@ def test_device_lists() -> None:
     assert expand_devices("cpu, cpu") == ["cpu:0", "cpu:1"]
     assert expand_devices("cuda:0,cuda:1") == ["cuda:0", "cuda:1"]
     assert expand_devices("cpu:0,cpu") == ["cpu:0", "cpu:1"]
-    for bad in ("all,cpu", "cuda:0,cuda:0", "", " , "):
+    for bad in ("all,cpu", "cuda:0,cuda:0", "cuda,cuda:0", "", " , "):
         with pytest.raises(ValueError):
             expand_devices(bad)
+
+
+def test_one_device_is_not_two_engines_under_two_names(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert expand_devices("auto") == ["cpu"]
+    assert expand_devices("auto,cpu") == ["cpu:0", "cpu:1"]  # two CPU engines, each with its own label
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert expand_devices("auto") == ["cuda:0"]
+    for bad in ("auto,cuda:0", "cuda,auto"):
+        with pytest.raises(ValueError, match="twice"):
+            expand_devices(bad)
+
+
+def test_an_unknown_device_is_a_clear_error(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(ValueError, match="unsupported device 'gpu'"):
+        resolve_device("gpu")
+    assert main(["serve", "--devices", "gpu"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("lossd: ") and "unsupported device 'gpu'" in err and "Traceback" not in err
 
 
 def test_all_is_every_gpu_or_the_cpu_engine_count(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -9,13 +9,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import re
+import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from serverutil import free_port
 from starlette.types import ASGIApp
 
 from lossd.app import create_app, served
@@ -149,3 +156,37 @@ def test_foreground_warm_up_is_over_before_the_app_starts(service: Service) -> N
             assert (await c.get("/readyz")).status_code == 200
 
     asyncio.run(scenario())
+
+
+def test_sigterm_during_start_up_ends_the_process() -> None:
+    """lossd handles SIGTERM from the start of main(), before uvicorn's handlers exist: as PID 1 in a
+    container a signal without a handler would be dropped and `docker stop` would wait for SIGKILL."""
+    env = {**os.environ, "LOSSD_WARMUP": "false", "LOSSD_DEVICE": "cpu"}
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "lossd",
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(free_port()),
+            "--log-level",
+            "warning",
+        ],
+        env=env,
+    )
+    try:
+        status = Path(f"/proc/{proc.pid}/status")
+        deadline = time.monotonic() + 30
+        # SigCgt: the signals the process catches; SIGTERM is bit 15 - 1.
+        while not int(re.findall(r"^SigCgt:\s*(\w+)", status.read_text(), re.M)[0], 16) & (1 << 14):
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.005)
+        os.kill(proc.pid, signal.SIGTERM)
+        assert proc.wait(timeout=30) == 128 + signal.SIGTERM  # ended by lossd's handler, not uvicorn's drain
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -36,7 +38,16 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def _exit_on_stop_signals() -> None:
+    """SIGTERM/SIGINT end the process until the server installs its own handlers (uvicorn's, or
+    serve_on_ray's). As PID 1 in a container without an init, a signal with no handler is dropped:
+    a `docker stop` during the seconds of start-up would wait for its SIGKILL."""
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda signum, _frame: os._exit(128 + signum))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    _exit_on_stop_signals()  # nothing to drain yet
     args = parse(argv)
     ray = bool(args.ray)
     overrides = {k: v for k, v in vars(args).items() if k not in ("command", "ray") and v is not None}

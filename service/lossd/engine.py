@@ -37,7 +37,10 @@ def resolve_device(name: str) -> torch.device:
     """auto -> cuda when available, else cpu; cuda:N checked against the devices present."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
+    try:
+        dev = torch.device(name)
+    except RuntimeError:  # torch's message lists every device type it knows; lossd runs on two
+        raise ValueError(f"unsupported device {name!r} (auto, cpu, cuda, cuda:N)") from None
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             raise ValueError(f"device {name!r} requested but CUDA is not available")

@@ -136,10 +136,11 @@ def _cluster_gpus() -> float:
 def serve_on_ray(settings: Settings) -> int:
     """``lossd serve --ray``: deploy on Ray Serve and hold until SIGTERM/SIGINT, then undeploy gracefully."""
     local = settings.ray_address is None
-    ray.init(address=settings.ray_address, include_dashboard=False if local else None)
+    # Before ray.init: a signal while Ray starts must not leave a local Ray behind (it is shut down below).
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
+    ray.init(address=settings.ray_address, include_dashboard=False if local else None)
     try:
         serve.start(http_options={"host": settings.host, "port": settings.port})
         serve.run(build(settings), name=APP_NAME, route_prefix="/")
