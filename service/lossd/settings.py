@@ -65,7 +65,7 @@ class Settings(BaseSettings):
         description="FastAPI's native OpenTelemetry (to the globally configured providers). Off: its per-request "
         "provider checks cost about 20 µs, a tenth of a small call.",
     )
-    # Scale-out and shutdown (see deploy/README.md).
+    # Scale-out and shutdown (README, Deployment).
     cpu_engines: int = Field(1, gt=0, description="CPU engines that device=all starts on a machine without CUDA.")
     shutdown_grace_s: float = Field(
         30.0, ge=0, description="On SIGTERM: refuse new calls, wait this long for calls in flight, then exit."
