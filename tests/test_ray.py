@@ -8,11 +8,13 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
+import orjson
 import pytest
 import torch
 import torch.nn.functional as F
@@ -134,7 +136,37 @@ def test_two_replicas_answer_loss_calls_through_ray_proxy() -> None:
             info = client.get("/v1/info").json()
             assert [d["device"] for d in info["devices"]] == ["cpu"]  # one engine per replica
 
-        os.kill(proc.pid, signal.SIGTERM)
+            # SIGTERM with a call in flight: the replicas drain as one process does (readyz and new calls
+            # 503 with Retry-After, not Ray's 404 for a deleted route), the call gets its answer, exit 0.
+            x = torch.randn(2000, generator=gen, dtype=torch.float64)
+            body = orjson.dumps(
+                {"inputs": {"input": {"dtype": "float64", "shape": [2000], "data": x.tolist()}, "target": [0.0] * 2000}}
+            )
+            sending = threading.Event()
+
+            def trickle() -> Iterator[bytes]:
+                for i in range(0, len(body), len(body) // 10 + 1):
+                    yield body[i : i + len(body) // 10 + 1]
+                    sending.set()
+                    time.sleep(0.4)
+
+            with ThreadPoolExecutor(1) as pool:
+                slow = pool.submit(
+                    client.post, "/v1/losses/mse", content=trickle(), headers={"Content-Type": "application/json"}
+                )
+                assert sending.wait(30)
+                time.sleep(0.5)
+                os.kill(proc.pid, signal.SIGTERM)
+                deadline = time.monotonic() + 3
+                while (ready := client.get("/readyz")).status_code == 200 and time.monotonic() < deadline:
+                    time.sleep(0.1)  # the replicas poll the word to drain
+                assert ready.status_code == 503 and "draining" in ready.json()["detail"]
+                fresh = client.post("/v1/losses/mse", json={"inputs": {"input": [1.0], "target": [0.0]}})
+                assert fresh.status_code == 503 and "Retry-After" in fresh.headers
+                answer = slow.result(timeout=60)
+            assert answer.status_code == 200, answer.text
+            assert abs(answer.json()["value"] - float((x**2).mean())) <= 1e-12
+
         assert proc.wait(timeout=90) == 0
 
 

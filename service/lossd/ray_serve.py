@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -29,6 +30,34 @@ from lossd.settings import Settings
 
 log = logging.getLogger("lossd")
 APP_NAME = "lossd"
+DRAIN_ACTOR = "lossd-drain"  # named in RAY_NAMESPACE: the driver's own namespace is anonymous
+RAY_NAMESPACE = "lossd"
+POLL_S = 0.25  # how often a replica asks whether to drain (and says how many calls it holds)
+
+
+@ray.remote(num_cpus=0)
+class DrainFlag:
+    """``lossd serve --ray``'s word to every replica on SIGTERM: stop taking work. Ray's own
+    undeploy removes the route first, so the proxy would answer new calls 404 (an unknown loss to
+    a client) for the whole grace; with this flag the replicas answer 503 with Retry-After, as a
+    single process does, until their calls are done. Replicas poll it and report their calls.
+    """
+
+    def __init__(self) -> None:
+        self.draining = False
+        self.reports: dict[str, tuple[int, bool, float]] = {}  # replica -> (calls, draining, when)
+
+    def drain(self) -> None:
+        self.draining = True
+
+    def poll(self, replica: str, calls: int, draining: bool) -> bool:
+        self.reports[replica] = (calls, draining, time.monotonic())
+        return self.draining
+
+    def drained(self) -> bool:
+        """Every replica heard from lately has taken the word and holds no call."""
+        fresh = [(n, d) for n, d, when in self.reports.values() if time.monotonic() - when < 8 * POLL_S]
+        return all(d and n == 0 for n, d in fresh)
 
 
 class ReplicaHeader:
@@ -64,9 +93,27 @@ class LossdReplica:
         from lossd.app import create_app
 
         app = create_app(self.settings)
-        app.add_middleware(ReplicaHeader, replica=serve.get_replica_context().replica_id.unique_id)
+        replica = serve.get_replica_context().replica_id.unique_id
+        app.add_middleware(ReplicaHeader, replica=replica)
         self.service = app.state.service
+        threading.Thread(target=self._watch_drain, args=(replica,), name="lossd-drain", daemon=True).start()
         return app
+
+    def _watch_drain(self, replica: str) -> None:
+        """Take :class:`DrainFlag`'s word, where ``lossd serve --ray`` set one up (``serve run`` does not)."""
+        try:
+            flag = ray.get_actor(DRAIN_ACTOR, namespace=RAY_NAMESPACE)
+        except ValueError:
+            return
+        svc = self.service
+        while True:
+            try:
+                if ray.get(flag.poll.remote(replica, svc.dispatcher.admitted, svc.draining)) and not svc.draining:
+                    svc.draining = True  # /readyz and new calls: 503 with Retry-After
+                    svc.metrics.ready.set(0)
+            except ray.exceptions.RayError:  # the driver, and its flag, are gone
+                return
+            time.sleep(POLL_S)
 
     def check_health(self) -> None:
         """Ray restarts a replica whose check raises; warm-up is over once the lifespan has started."""
@@ -136,20 +183,44 @@ def _cluster_gpus() -> float:
 def serve_on_ray(settings: Settings) -> int:
     """``lossd serve --ray``: deploy on Ray Serve and hold until SIGTERM/SIGINT, then undeploy gracefully."""
     local = settings.ray_address is None
-    # Before ray.init: a signal while Ray starts must not leave a local Ray behind (it is shut down below).
     stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
+
+    def stop_on_signals() -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: stop.set())
+
+    # Before ray.init, so that a signal while Ray starts does not leave a local Ray behind (it is shut
+    # down below), and again after it: ray.init puts in a SIGTERM handler of its own that exits at once.
+    stop_on_signals()
     ray.init(address=settings.ray_address, include_dashboard=False if local else None)
+    stop_on_signals()
+    cut_short = False
     try:
+        flag = DrainFlag.options(name=DRAIN_ACTOR, namespace=RAY_NAMESPACE).remote()  # type: ignore[attr-defined]
         serve.start(http_options={"host": settings.host, "port": settings.port})
         serve.run(build(settings), name=APP_NAME, route_prefix="/")
         log.warning("lossd on Ray Serve at http://%s:%d", settings.host, settings.port)
         stop.wait()
-        # Replicas stop taking requests and get graceful_shutdown_timeout_s to finish theirs.
-        serve.delete(APP_NAME)
-        if local:
-            serve.shutdown()
+        cut_short = not _drain(flag, settings.shutdown_grace_s)
+        if not (local and cut_short):
+            # Calls still running in a shared cluster get Ray's graceful_shutdown_timeout_s too (while
+            # the proxy, the route gone, answers new calls 404). A local Ray ends with this process.
+            serve.delete(APP_NAME)
+            if local:
+                serve.shutdown()
     finally:
         ray.shutdown()
-    return 0
+    return 1 if cut_short else 0
+
+
+def _drain(flag: Any, grace_s: float) -> bool:
+    """Tell the replicas to drain and wait until their calls are done (True) or the grace is over."""
+    ray.get(flag.drain.remote())
+    time.sleep(2 * POLL_S)  # every replica has polled since (drained() also waits for their word)
+    deadline = time.monotonic() + grace_s
+    while not ray.get(flag.drained.remote()):
+        if time.monotonic() > deadline:
+            log.warning("grace of %.0fs over with calls still running", grace_s)
+            return False
+        time.sleep(POLL_S)
+    return True
