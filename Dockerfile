@@ -13,19 +13,20 @@ ENV PIP_NO_CACHE_DIR=1 \
 WORKDIR /src
 # The runtime venv gets no pip or setuptools: the base image's pip installs into it.
 RUN python -m venv --without-pip /opt/lossd
-COPY constraints.txt ./
+COPY constraints.txt deploy/constraints-image.txt ./
 # torch first, in its own layer: it is most of the image and changes least.
 RUN if [ "$TORCH_VARIANT" = "cpu" ]; then \
         pip --python /opt/lossd/bin/python install --no-deps --index-url "$TORCH_CPU_INDEX" torch==2.13.0; \
     elif [ "$TORCH_VARIANT" = "cuda" ]; then \
-        pip --python /opt/lossd/bin/python install --constraint constraints.txt torch==2.13.0; \
+        pip --python /opt/lossd/bin/python install --constraint constraints.txt \
+            --constraint constraints-image.txt torch==2.13.0; \
     else \
         echo "TORCH_VARIANT must be cuda or cpu" >&2; exit 1; \
     fi
 COPY pyproject.toml README.md ./
 COPY service ./service
-# Every other dependency at the version constraints.txt pins (torch's own included).
-RUN pip --python /opt/lossd/bin/python install --constraint constraints.txt . \
+# Every other dependency at the version the constraints pin (torch's own included).
+RUN pip --python /opt/lossd/bin/python install --constraint constraints.txt --constraint constraints-image.txt . \
     && find /opt/lossd -name __pycache__ -prune -exec rm -rf {} +
 
 FROM ${PYTHON_IMAGE}

@@ -51,6 +51,20 @@ def test_dockerfile_is_multi_stage_non_root_and_pinned() -> None:
     runs = " ".join(a for w, a in ins if w == "RUN")
     assert "--constraint constraints.txt" in runs
     assert "torch==2.13.0" in runs
+    # The CUDA build's own libraries (and setuptools) are pinned beside constraints.txt, in every install
+    # that pulls packages from an index, and the two files never pin one package to two versions.
+    installs = [a for w, a in ins if w == "RUN" and "--constraint constraints.txt" in a]
+    assert installs and all(
+        a.count("--constraint constraints-image.txt") == a.count("install --constraint") for a in installs
+    )
+    pins = {}
+    for name in ("constraints.txt", "deploy/constraints-image.txt"):
+        for line in (ROOT / name).read_text().splitlines():
+            if "==" in line and not line.startswith("#"):
+                pkg, version = line.split("==")
+                key = re.sub(r"[-_.]+", "-", pkg).lower()
+                assert pins.setdefault(key, version.strip()) == version.strip(), f"{pkg} pinned twice"
+    assert {"nvidia-cudnn-cu13", "cuda-toolkit", "triton", "setuptools"} <= set(pins)
     final = final_stage()
     # Nothing is built or downloaded in the final image: it only copies the finished venv.
     assert not [a for w, a in final if w == "RUN" and re.search(r"\b(pip|apt-get|gcc|make)\b", a)]
