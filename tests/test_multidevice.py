@@ -113,3 +113,18 @@ def test_calls_spread_over_two_engines_with_per_device_metrics() -> None:
                 assert metric(text, "lossd_compute_seconds_count", dev) == n
                 assert metric(text, "lossd_compute_seconds_sum", dev) > 0
                 assert metric(text, "lossd_inflight_calls", dev) == 0
+
+
+def test_auto_on_a_machine_without_cuda_says_it_computes_on_the_cpu(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A GPU image on a host without the NVIDIA runtime serves from the CPU: the log says so at start-up."""
+    from lossd.service import Service
+    from lossd.settings import Settings
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for device, warned in (("auto", True), ("all", True), ("cpu", False)):
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="lossd"):
+            Service(Settings(warmup=False, device=device)).close()
+        assert any("no CUDA device" in r.getMessage() for r in caplog.records) is warned, device

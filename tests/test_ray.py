@@ -183,6 +183,12 @@ def test_one_replica_per_gpu_autoscaled_between_bounds() -> None:
     assert fixed["num_replicas"] == 2 and "autoscaling_config" not in fixed
 
 
+def test_a_replica_with_several_gpus_runs_an_engine_on_each() -> None:
+    from lossd.ray_serve import replica_device
+
+    assert [replica_device(g) for g in (0, 0.5, 1, 2, 4)] == ["cpu", "cuda", "cuda", "all", "all"]
+
+
 def test_serve_run_builder_takes_settings_as_arguments() -> None:
     from lossd.ray_serve import app_builder
 

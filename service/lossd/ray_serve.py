@@ -151,11 +151,17 @@ def deployment_options(settings: Settings, gpus_available: float) -> dict[str, A
 
 
 def build(settings: Settings) -> Application:
-    """The Serve application for ``settings``, one engine per replica on the device Ray gives it."""
+    """The Serve application for ``settings``: replicas with an engine on each GPU Ray gives them."""
     options = deployment_options(settings, _cluster_gpus())
-    device = "cuda" if options["ray_actor_options"]["num_gpus"] > 0 else "cpu"
+    device = replica_device(options["ray_actor_options"]["num_gpus"])
     replica_settings = settings.model_dump(mode="json") | {"device": device}
     return serve.deployment(**options)(LossdReplica).bind(replica_settings)
+
+
+def replica_device(gpus: float) -> str:
+    """The device setting of a replica holding ``gpus`` GPUs. Ray shows a replica only its own
+    (CUDA_VISIBLE_DEVICES): with two or more, one engine on each; with a share of one, that one."""
+    return "all" if gpus >= 2 else "cuda" if gpus > 0 else "cpu"
 
 
 def app_builder(args: Mapping[str, str]) -> Application:

@@ -68,6 +68,9 @@ class Service:
         self.engines = [Engine(self.catalogue, d, settings, settings.compute_threads) for d in devices]
         for engine in self.engines:
             self.metrics.add_device(str(engine.device))
+        if settings.device in ("auto", "all") and all(e.device.type == "cpu" for e in self.engines):
+            # A GPU image on a host without the NVIDIA runtime still works, slowly: say so.
+            log.warning("no CUDA device is visible: computing on the CPU (LOSSD_DEVICE=%s)", settings.device)
         self.dispatcher = Dispatcher(
             self.engines,
             settings.max_concurrency,
