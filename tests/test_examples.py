@@ -20,7 +20,7 @@ def test_javascript_example(server: Server) -> None:
     run = subprocess.run(["node", str(EXAMPLE), server.url], capture_output=True, text=True, timeout=60)
     assert run.returncode == 0, run.stderr
     lines = [json.loads(line) for line in run.stdout.splitlines()]
-    assert [x["call"] for x in lines] == ["json", "safetensors"]
+    assert [x["call"] for x in lines] == ["json", "safetensors", "float16"]
 
     x = torch.tensor([[2, 0.5, -1], [0.1, 1.5, 0.3]], requires_grad=True)
     ref = torch.nn.functional.cross_entropy(x, torch.tensor([0, 1]))
@@ -34,3 +34,9 @@ def test_javascript_example(server: Server) -> None:
     assert out["loss"] == "mse" and out["value_shape"] == [] and out["grad_shape"] == [1000]
     assert out["value"] == mse.item()
     assert out["grad_head"] == (2 * xs[:4]).tolist()
+
+    # float16 data encoded and its float16 gradient decoded by hand in JavaScript (the values are exact in float16).
+    h = torch.tensor([0.5, -1.25, 2, 0.125], dtype=torch.float16, requires_grad=True)
+    ref16 = torch.nn.functional.mse_loss(h.float(), torch.zeros(4), reduction="sum")
+    ref16.backward()
+    assert lines[2] == {"call": "float16", "value": ref16.item(), "grad_dtype": "F16", "grad": h.grad.float().tolist()}

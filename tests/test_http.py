@@ -15,6 +15,8 @@ import safetensors.torch
 import torch
 from serverutil import Server, run_server
 
+from lossd.examples import EXAMPLES
+
 PROBLEM = "application/problem+json"
 CE = {"inputs": {"input": [[1.0, 2.0, 0.5], [0.3, -1.0, 2.0]], "target": [1, 2]}}
 
@@ -420,6 +422,41 @@ def test_openapi_describes_real_bodies_and_docs_are_offline(server: Server) -> N
             assert httpx.get(server.url + src).status_code == 200
 
 
+def test_real_answers_validate_against_the_openapi_schemas(server: Server) -> None:
+    """What a generated client in another language would parse: every kind of answer, checked against the
+    component schema the OpenAPI document gives it (JSON Schema 2020-12, as OpenAPI 3.1 uses)."""
+    import jsonschema
+
+    spec = httpx.get(server.url + "/openapi.json").json()
+    schemas = spec["components"]["schemas"]
+    assert not {"HTTPValidationError", "ValidationError"} & set(schemas)  # FastAPI's 422 bodies: never sent
+
+    def check(name: str, body: dict) -> None:
+        root = {"$ref": f"#/components/schemas/{name}", "components": spec["components"]}
+        jsonschema.Draft202012Validator(root).validate(body)
+
+    assert "grads" in schemas["LossResponse"]["required"]
+    assert {"loc", "msg"} <= set(schemas["ProblemError"]["required"])
+    nan_in = {"inputs": {"input": [1.0, "NaN"], "target": [0.0, 0.0]}, "params": {"reduction": "none"}}
+    check("LossResponse", post(server, "/v1/losses/mse", json=nan_in).json())
+    check("LossResponse", post(server, "/v1/losses/cross_entropy", json={**CE, "grad": True, "encoding": "b64"}).json())
+    check("LossResponse", post(server, "/v1/losses/centernet", json=EXAMPLES["centernet"]).json())
+    batch = {"calls": [{"loss": "mse", "inputs": {"input": [1.0], "target": [0.0]}}, {"loss": "nope", "inputs": {}}]}
+    check("BatchResponse", post(server, "/v1/batch", json=batch).json())
+    comp = {
+        "inputs": {"x": [[1.0, 2.0]], "t": [1]},
+        "terms": [{"loss": "cross_entropy", "inputs": {"input": "x", "target": "t"}}],
+        "grad": ["x"],
+    }
+    check("CompositeResponse", post(server, "/v1/composite", json=comp).json())
+    bad = post(server, "/v1/losses/cross_entropy", json={"inputs": {"input": [[1.0, 2.0]], "target": [9]}})
+    assert bad.status_code == 422
+    check("Problem", bad.json())
+    check("Problem", {**bad.json(), "retry_after": 1})
+    op = spec["paths"]["/v1/losses/{name}"]["post"]["responses"]
+    assert "X-Request-ID" in op["200"]["headers"] and "Retry-After" in op["503"]["headers"]
+
+
 def test_batch_one_bad_call_fails_alone(server: Server) -> None:
     calls = [
         {"loss": "mse", "inputs": {"input": [1.0, 2.0], "target": [0.0, 0.0]}},
@@ -752,3 +789,39 @@ def test_served_app_keeps_compute_inside_fastapi_when_tracing() -> None:
     app = create_app(Settings(warmup=False, otel=True))
     assert served(app) is app
     app.state.service.close()
+
+
+def test_browsers_on_a_configured_origin_may_call_and_others_get_no_cors_headers(server: Server) -> None:
+    """LOSSD_CORS_ORIGINS: a preflight and a call from that origin get their CORS headers, once each (on a
+    compute route and on a FastAPI route); another origin gets none. Off by default."""
+    origin = "http://app.example"
+    plain = post(
+        server, "/v1/losses/mse", json={"inputs": {"input": [1.0], "target": [0.0]}}, headers={"Origin": origin}
+    )
+    assert "access-control-allow-origin" not in plain.headers
+    with run_server({"LOSSD_CORS_ORIGINS": f'["{origin}"]', "LOSSD_WARMUP": "false"}) as s:
+        pre = httpx.options(
+            s.url + "/v1/losses/mse",
+            headers={
+                "Origin": origin,
+                "Access-Control-Request-Method": "POST",
+                "Access-Control-Request-Headers": "content-type, x-request-id",
+            },
+        )
+        assert pre.status_code == 200 and pre.headers["access-control-allow-origin"] == origin
+        assert "POST" in pre.headers["access-control-allow-methods"]
+        for r in (
+            httpx.post(
+                s.url + "/v1/losses/mse", json={"inputs": {"input": [1.0], "target": [0.0]}}, headers={"Origin": origin}
+            ),
+            httpx.get(s.url + "/v1/info", headers={"Origin": origin}),
+        ):
+            assert r.status_code == 200
+            assert r.headers.get_list("access-control-allow-origin") == [origin]
+            assert "x-request-id" in r.headers["access-control-expose-headers"].lower()
+        other = httpx.post(
+            s.url + "/v1/losses/mse",
+            json={"inputs": {"input": [1.0], "target": [0.0]}},
+            headers={"Origin": "http://evil.example"},
+        )
+        assert other.status_code == 200 and "access-control-allow-origin" not in other.headers

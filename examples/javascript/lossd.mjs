@@ -1,4 +1,5 @@
 // lossd from JavaScript (Node 18+, Deno, or a browser): a JSON call and a safetensors call, no dependencies.
+// A page on another origin than lossd's needs the server started with LOSSD_CORS_ORIGINS naming it.
 //
 //   node examples/javascript/lossd.mjs http://127.0.0.1:8000
 //
@@ -9,7 +10,36 @@ const BASE = (typeof process !== "undefined" && process.argv[2]) || "http://127.
 
 // safetensors: an 8-byte little-endian header length, a JSON header, then each tensor's raw
 // little-endian bytes at the offsets the header gives.
-const TYPED = { F32: Float32Array, F64: Float64Array, I32: Int32Array, I64: BigInt64Array, U8: Uint8Array };
+const TYPED = {
+  F32: Float32Array, F64: Float64Array, I64: BigInt64Array, I32: Int32Array, I16: Int16Array, I8: Int8Array,
+  U8: Uint8Array, BOOL: Uint8Array,
+};
+
+// float16 bits of a normal number or zero (data meant for float16: nothing to round).
+function float16Bits(v) {
+  if (v === 0) return 0;
+  const exp = Math.floor(Math.log2(Math.abs(v)));
+  return (v < 0 ? 0x8000 : 0) | ((exp + 15) << 10) | Math.round((Math.abs(v) / 2 ** exp - 1) * 1024);
+}
+
+// Gradients come back in the input's dtype: float16 and bfloat16 have no typed array, so widen them.
+function halfToFloat32(bits, dtype) {
+  const out = new Float32Array(bits.length);
+  if (dtype === "BF16") {
+    new Uint32Array(out.buffer).set(Array.from(bits, (b) => b << 16)); // the top half of a float32
+    return out;
+  }
+  for (let i = 0; i < bits.length; i++) {
+    const sign = bits[i] & 0x8000 ? -1 : 1;
+    const exp = (bits[i] >> 10) & 0x1f;
+    const frac = bits[i] & 0x3ff;
+    out[i] =
+      exp === 0 ? sign * 2 ** -14 * (frac / 1024)
+      : exp === 31 ? (frac ? NaN : sign * Infinity)
+      : sign * 2 ** (exp - 15) * (1 + frac / 1024);
+  }
+  return out;
+}
 
 function concat(parts) {
   const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
@@ -32,8 +62,8 @@ export function encodeSafetensors(tensors, metadata = {}) {
     parts.push(bytes);
     offset += bytes.length;
   }
-  const json = JSON.stringify(header);
-  const head = new TextEncoder().encode(json + " ".repeat((8 - (json.length % 8)) % 8)); // aligned data
+  const json = new TextEncoder().encode(JSON.stringify(header));
+  const head = concat([json, new TextEncoder().encode(" ".repeat((8 - (json.length % 8)) % 8))]); // aligned data
   const size = new Uint8Array(8);
   new DataView(size.buffer).setBigUint64(0, BigInt(head.length), true);
   return concat([size, head, ...parts]);
@@ -47,7 +77,10 @@ export function decodeSafetensors(buf) {
     if (name === "__metadata__") continue;
     const [begin, end] = t.data_offsets;
     const bytes = buf.slice(8 + n + begin, 8 + n + end); // a copy, so the typed array is aligned
-    out.tensors[name] = { dtype: t.dtype, shape: t.shape, data: new TYPED[t.dtype](bytes.buffer) };
+    const data = t.dtype === "F16" || t.dtype === "BF16"
+      ? halfToFloat32(new Uint16Array(bytes.buffer), t.dtype)
+      : new TYPED[t.dtype](bytes.buffer);
+    out.tensors[name] = { dtype: t.dtype, shape: t.shape, data };
   }
   return out;
 }
@@ -91,5 +124,28 @@ console.log(
     value_shape: out.tensors.value.shape,
     grad_shape: g.shape,
     grad_head: Array.from(g.data.slice(0, 4)),
+  }),
+);
+
+// float16 in, float16 gradient back (widened to float32 here); the value is float32.
+const h = [0.5, -1.25, 2, 0.125];
+const r3 = await call(
+  "/v1/losses/mse",
+  encodeSafetensors(
+    {
+      input: { dtype: "F16", shape: [4], data: Uint16Array.from(h, float16Bits) },
+      target: { dtype: "F32", shape: [4], data: new Float32Array(4) },
+    },
+    { params: JSON.stringify({ reduction: "sum" }), grad: "true" },
+  ),
+  "application/x-safetensors",
+);
+const half = decodeSafetensors(new Uint8Array(await r3.arrayBuffer()));
+console.log(
+  JSON.stringify({
+    call: "float16",
+    value: half.tensors.value.data[0],
+    grad_dtype: half.tensors["grad.input"].dtype,
+    grad: Array.from(half.tensors["grad.input"].data),
   }),
 );

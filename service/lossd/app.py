@@ -9,6 +9,7 @@ import logging
 import os
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import orjson
 from fastapi import FastAPI, Request
@@ -17,6 +18,7 @@ from fastapi.responses import Response
 from fastapi_offline import FastAPIOffline
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import lossd
@@ -138,8 +140,27 @@ def served(app: FastAPI) -> ASGIApp:
     """
     svc: Service = app.state.service
     if svc.settings.otel:
-        return app
-    return RequestContext(app, svc, app.state.compute, compute_only=True)
+        return with_cors(app, svc.settings)
+    return with_cors(RequestContext(app, svc, app.state.compute, compute_only=True), svc.settings)
+
+
+def with_cors(app: ASGIApp, settings: Settings) -> ASGIApp:
+    """``app`` answering browsers on the origins LOSSD_CORS_ORIGINS names (preflights included), so
+    that a page on another origin can call lossd; unchanged when the setting is empty. Outermost, and
+    once: a second layer would send the CORS headers twice, which browsers refuse."""
+    return CORSMiddleware(app, **cors_options(settings)) if settings.cors_origins else app
+
+
+def cors_options(settings: Settings) -> dict[str, Any]:
+    """Starlette's CORSMiddleware for LOSSD_CORS_ORIGINS: the methods lossd has, any request header
+    (keys, ids, deadlines), and the response headers a client reads."""
+    return {
+        "allow_origins": settings.cors_origins,
+        "allow_methods": ["GET", "POST"],
+        "allow_headers": ["*"],
+        "expose_headers": ["X-Request-ID", "Retry-After"],
+        "max_age": 600,
+    }
 
 
 async def _warm_up(svc: Service) -> None:

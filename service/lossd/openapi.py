@@ -6,6 +6,7 @@ bodies; the models of :mod:`lossd.schemas` are added here instead.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from fastapi import FastAPI
@@ -55,9 +56,20 @@ def _json_body(name: str, example: Any = None) -> dict[str, Any]:
     return content
 
 
+REQUEST_ID = {
+    "description": "The request's X-Request-ID (the last one given), or one the server made",
+    "schema": {"type": "string"},
+}
+RETRY_AFTER = {"description": "Seconds to wait before retrying", "schema": {"type": "integer", "minimum": 0}}
+
+
 def _errors() -> dict[str, Any]:
     return {
-        code: {"description": d, "content": {"application/problem+json": {"schema": _ref("Problem")}}}
+        code: {
+            "description": d,
+            "headers": {"X-Request-ID": REQUEST_ID, **({"Retry-After": RETRY_AFTER} if code in ("429", "503") else {})},
+            "content": {"application/problem+json": {"schema": _ref("Problem")}},
+        }
         for code, d in ERRORS.items()
     }
 
@@ -117,7 +129,10 @@ def build_openapi(app: FastAPI) -> dict[str, Any]:
             "operationId": op_id,
             "parameters": ([name_param] if st else []) + [deadline_param],
             "requestBody": {"required": True, "content": content},
-            "responses": {"200": {"description": "Success", "content": ok}, **_errors()},
+            "responses": {
+                "200": {"description": "Success", "headers": {"X-Request-ID": REQUEST_ID}, "content": ok},
+                **_errors(),
+            },
         }
     gets = {"/v1/losses": "LossList", "/v1/losses/{name}": "LossInfo", "/v1/info": "Info"}
     for path, resp in gets.items():
@@ -129,7 +144,21 @@ def build_openapi(app: FastAPI) -> dict[str, Any]:
         "description": "Prometheus text format",
         "content": {"text/plain": {"schema": {"type": "string"}}},
     }
+    # FastAPI's own 422 bodies: lossd answers problem+json instead, so nothing refers to them.
+    for item in paths.values():
+        for op in item.values():
+            if _is_fastapi_422(op):
+                del op["responses"]["422"]
+    text = json.dumps(paths)
+    for unused in ("HTTPValidationError", "ValidationError"):
+        if f'/{unused}"' not in text:
+            components.pop(unused, None)
     return schema
+
+
+def _is_fastapi_422(op: dict[str, Any]) -> bool:
+    schema = op.get("responses", {}).get("422", {}).get("content", {}).get("application/json", {}).get("schema", {})
+    return bool(schema.get("$ref", "").endswith("/HTTPValidationError"))
 
 
 def install_openapi(app: FastAPI) -> None:

@@ -90,11 +90,15 @@ class LossdReplica:
         self.settings = Settings(**settings)
 
     def __serve_build_asgi_app__(self) -> FastAPI:
-        from lossd.app import create_app
+        from starlette.middleware.cors import CORSMiddleware
+
+        from lossd.app import cors_options, create_app
 
         app = create_app(self.settings)
         replica = serve.get_replica_context().replica_id.unique_id
         app.add_middleware(ReplicaHeader, replica=replica)
+        if self.settings.cors_origins:  # outermost, as lossd.app.with_cors puts it
+            app.add_middleware(CORSMiddleware, **cors_options(self.settings))
         self.service = app.state.service
         threading.Thread(target=self._watch_drain, args=(replica,), name="lossd-drain", daemon=True).start()
         return app

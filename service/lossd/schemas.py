@@ -12,6 +12,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 DType = Literal["bool", "uint8", "int8", "int16", "int32", "int64", "float16", "bfloat16", "float32", "float64"]
 Number = Union[float, int, bool, Literal["NaN", "Infinity", "-Infinity"]]
+# A value the server sends: always a JSON number or a non-finite spelling, never a bool.
+Value = Union[float, Literal["NaN", "Infinity", "-Infinity"]]
 
 
 class TensorData(BaseModel):
@@ -29,7 +31,11 @@ class TensorB64(BaseModel):
     model_config = ConfigDict(extra="forbid")
     dtype: DType
     shape: list[int]
-    b64: str
+    b64: str = Field(
+        description="The standard base64 alphabet with padding (RFC 4648 section 4), no line breaks: "
+        "Go's base64.StdEncoding, Rust's STANDARD engine, JavaScript's btoa.",
+        json_schema_extra={"contentEncoding": "base64"},
+    )
 
 
 Tensor = Union[Number, list[Any], TensorData, TensorB64]
@@ -59,10 +65,16 @@ class LossRequest(BaseModel):
 
 class LossResponse(BaseModel):
     loss: str = Field(description="Canonical loss name (also when called through an alias).")
-    value: Union[Number, TensorData, TensorB64] = Field(description='A number, or a tensor for reduction "none".')
-    grads: dict[str, Union[TensorData, TensorB64]] = Field(default_factory=dict)
-    terms: dict[str, Number] | None = Field(None, description="Unweighted named terms (centernet).")
-    device: str | None = None
+    value: Union[Value, TensorData, TensorB64] = Field(description='A number, or a tensor for reduction "none".')
+    grads: dict[str, Union[TensorData, TensorB64]] = Field(description="One per input asked for; {} without grad.")
+    terms: dict[str, Value] | None = Field(None, description="Unweighted named terms (centernet).")
+
+
+class ProblemError(BaseModel):
+    """Where in the request a problem is, and what."""
+
+    loc: list[Union[str, int]] = Field(description='Path into the body, e.g. ["inputs", "target"] or ["calls", 2].')
+    msg: str
 
 
 class Problem(BaseModel):
@@ -72,7 +84,10 @@ class Problem(BaseModel):
     title: str
     status: int
     detail: str
-    errors: list[dict[str, Any]] | None = None
+    errors: list[ProblemError] | None = Field(None, description="At most 50; detail gives the count beyond.")
+    retry_after: int | None = Field(
+        None, description="Seconds, as the Retry-After header: present when retrying later can succeed."
+    )
 
 
 class BatchCall(BaseModel):
@@ -112,13 +127,13 @@ class CompositeRequest(BaseModel):
 class CompositeTermOut(BaseModel):
     loss: str
     weight: float
-    value: Number
+    value: Value
 
 
 class CompositeResponse(BaseModel):
-    value: Number
+    value: Value
     terms: list[CompositeTermOut]
-    grads: dict[str, Union[TensorData, TensorB64]] = Field(default_factory=dict)
+    grads: dict[str, Union[TensorData, TensorB64]] = Field(description="One per shared tensor asked for.")
 
 
 class InputInfo(BaseModel):

@@ -50,10 +50,20 @@ class Settings(BaseSettings):
     deadline_ms: int = Field(
         30_000, gt=0, description="Default per-call deadline; 504 if it passes before the call runs."
     )
-    retry_after_s: int = Field(1, ge=0, description="Retry-After sent with 429 and 503.")
+    retry_after_s: int = Field(
+        1,
+        ge=0,
+        description="Retry-After sent with 503 (busy, not ready, draining); a 429 sends the time until its "
+        "key's next request is allowed, at least this.",
+    )
     api_keys: dict[str, list[str]] = Field(
         default_factory=dict,
         description='Keys and the losses each may call ("*" for all), as JSON: {"key": ["*"]}. Empty: no auth.',
+    )
+    cors_origins: list[str] = Field(
+        default_factory=list,
+        description='Web origins that may call from a browser (CORS), as JSON: ["https://app.example"], or ["*"]. '
+        "Empty: no CORS headers, for server-side clients and same-origin pages.",
     )
     rate_limit_per_s: float = Field(0.0, ge=0, description="Requests per second per key (or client address); 0: off.")
     rate_limit_burst: int = Field(100, gt=0, description="Token-bucket burst for the rate limit.")
