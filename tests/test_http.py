@@ -158,12 +158,31 @@ def test_415_content_type(server: Server) -> None:
             {"inputs": {"input": [[1.0, 2.0]], "target": [0]}, "params": {"ignore_index": "0"}},
             ["params", "ignore_index"],
         ),
+        (
+            {"inputs": {"input": [[1.0, 2.0]], "target": [0]}, "params": {"ignore_index": 1.5}},
+            ["params", "ignore_index"],
+        ),
     ],
 )
 def test_422_field_errors(server: Server, body: dict, loc: list) -> None:
     problem = assert_problem(post(server, "/v1/losses/cross_entropy", json=body), 422)
     assert problem["errors"][0]["loc"] == loc
     assert problem["errors"][0]["msg"]
+
+
+def test_a_whole_float_fills_an_integer_param(server: Server) -> None:
+    """C++ and Java clients print whole doubles as 1.0: for an integer param it is the integer."""
+    x = torch.tensor([[1.0, 2.0, 0.5], [0.3, -1.0, 2.0], [0.0, 0.1, 0.2]])
+    t = torch.tensor([1, 2, 0])
+    body = {"inputs": {"input": x.tolist(), "target": t.tolist()}}
+    for given in (1, 1.0):
+        out = post(server, "/v1/losses/cross_entropy", json={**body, "params": {"ignore_index": given}}).json()
+        assert out["value"] == pytest.approx(torch.nn.functional.cross_entropy(x, t, ignore_index=1).item(), rel=1e-6)
+    ctc = EXAMPLES["ctc"]
+    whole = post(server, "/v1/losses/ctc", json={**ctc, "params": {**ctc.get("params", {}), "blank": 0.0}})
+    assert (
+        whole.status_code == 200 and whole.json()["value"] == post(server, "/v1/losses/ctc", json=ctc).json()["value"]
+    )
 
 
 def test_process_still_serves_after_bad_index(server: Server) -> None:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Union, get_args
 
 import torch
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, model_validator
 
 # How the engine treats an input's dtype before the loss sees it:
 #   float           any numeric or bool; converted to the call's compute dtype (float32/float64)
@@ -69,6 +69,27 @@ class Params(BaseModel):
     # strict: "2" is not a number and true is not an index (JSON numbers still fill float fields).
     # allow_inf_nan=False: a float param is finite unless its field says otherwise (triplet_margin's p).
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _whole_floats_fill_int_fields(cls, data: Any) -> Any:
+        """A whole float is an integer (``1.0`` for ``ignore_index``: C++ and Java clients print whole
+        doubles so, and JSON does not tell the two apart); ``1.5`` stays a 422."""
+        if not isinstance(data, dict):
+            return data
+        ints = _int_fields(cls)
+        whole = {k: int(v) for k, v in data.items() if k in ints and type(v) is float and v.is_integer()}
+        return {**data, **whole} if whole else data
+
+
+@functools.cache
+def _int_fields(model: type[BaseModel]) -> frozenset[str]:
+    """Fields that take an integer and no float (``int``, ``int | None``)."""
+    return frozenset(
+        name
+        for name, f in model.model_fields.items()
+        if int in (get_args(f.annotation) or (f.annotation,)) and float not in get_args(f.annotation)
+    )
 
 
 class Reduced(Params):
