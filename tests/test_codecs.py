@@ -401,3 +401,18 @@ def test_loads_large_invalid_json_is_400() -> None:
     with pytest.raises(Problem) as e:
         codecs.loads_large(memoryview(b'{"inputs": {"x": [1.0, 2.0' + b", 3.0" * 5000))
     assert e.value.status == 400
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
+def test_a_non_finite_element_does_not_change_how_the_others_print(dtype: torch.dtype) -> None:
+    """Finite numbers print as the shortest decimal of their dtype whether or not the tensor holds a NaN
+    or an infinity (those go as strings), so a client sees one format."""
+    import orjson
+
+    finite = torch.tensor([0.1, 0.2, 0.3], dtype=dtype)
+    mixed = torch.tensor([0.1, float("nan"), 0.2, float("inf"), -float("inf"), 0.3], dtype=dtype)
+    plain = orjson.loads(codecs.dumps(codecs.encode_tensor(finite)))["data"]
+    raw = codecs.dumps(codecs.encode_tensor(mixed))
+    out = orjson.loads(raw)["data"]
+    assert out == [plain[0], "NaN", plain[1], "Infinity", "-Infinity", plain[2]]
+    assert codecs.dumps(plain[0]) in raw  # the same digits, not the double's

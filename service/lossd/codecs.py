@@ -513,7 +513,10 @@ def _json_array(t: torch.Tensor) -> tuple[str, Any]:
     # orjson writes NaN and Infinity as null: those go out as strings instead. One sum tells
     # (NaN and infinities make it non-finite; an overflow only sends a finite array the slow way).
     if arr.dtype.kind == "f" and not math.isfinite(np.add.reduce(arr, dtype=np.float64)):
-        return name, [float_out(x) for x in arr.tolist()]
+        # The finite numbers as a finite array prints them (the shortest decimal of their own dtype,
+        # not of the double they widen to); orjson leaves null where the strings go.
+        printed = orjson.loads(orjson.dumps(arr, option=orjson.OPT_SERIALIZE_NUMPY))
+        return name, [v if v is not None else float_out(x) for v, x in zip(printed, arr.tolist())]
     return name, arr
 
 
