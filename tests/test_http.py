@@ -844,3 +844,17 @@ def test_browsers_on_a_configured_origin_may_call_and_others_get_no_cors_headers
             headers={"Origin": "http://evil.example"},
         )
         assert other.status_code == 200 and "access-control-allow-origin" not in other.headers
+
+
+@pytest.mark.parametrize("value", [1e38, -1e300, 2**70, -(2**70)])
+def test_an_index_param_beyond_int64_is_a_422_at_the_param_alone_and_in_a_batch(server: Server, value: float) -> None:
+    """focal compares targets with ignore_index in Python: a value no int64 holds made torch raise
+    OverflowError, which was a 500 (and failed a whole batch)."""
+    call = {"inputs": {"input": [[2.0, 0.5, -1.0]], "target": [0]}, "params": {"ignore_index": value}}
+    problem = assert_problem(post(server, "/v1/losses/focal", json=call), 422)
+    assert problem["errors"][0]["loc"] == ["params", "ignore_index"] and "int64" in problem["detail"]
+    good = {"loss": "mse", "inputs": {"input": [1.0], "target": [0.0]}}
+    r = post(server, "/v1/batch", json={"calls": [good, {"loss": "focal", **call}]})
+    assert r.status_code == 200
+    first, second = r.json()["results"]
+    assert first["value"] == 1.0 and second["error"]["status"] == 422

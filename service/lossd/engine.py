@@ -112,7 +112,7 @@ def _compute_dtype(tensors: Sequence[Any]) -> torch.dtype:
 
 _INT64 = (-(2**63), 2**63 - 1)
 # What torch says when a Python number does not fit the C type it converts a param to.
-_OVERFLOW = ("cannot be converted to type", "Overflow when unpacking")
+_OVERFLOW = ("cannot be converted to type", "Overflow when unpacking", "too big to convert", "negative int to unsigned")
 
 
 def param_overflow(call: Call, e: Exception) -> Problem | None:
@@ -295,7 +295,7 @@ class Engine:
                 spec.check(converted, p)
             except InputError as e:
                 raise field_error(e.loc, e.msg, e.status) from None
-            except (RuntimeError, ValueError, IndexError) as e:
+            except (RuntimeError, ValueError, IndexError, ArithmeticError) as e:
                 # A check that trips over inputs it did not foresee: still the client's inputs, not a 500.
                 log.warning("the checks of %s raised: %s", spec.name, e)
                 raise Problem(422, f"{spec.name} cannot take these inputs: {e}") from None
@@ -312,7 +312,7 @@ class Engine:
         """Run one prepared call on the device; OOM becomes 503, other runtime errors 422."""
         try:
             return self._run(call)
-        except (RuntimeError, ValueError, IndexError) as e:
+        except (RuntimeError, ValueError, IndexError, ArithmeticError) as e:
             raise param_overflow(call, e) or self._device_problem(
                 e, f"this {call.spec.name} call", call.spec.name
             ) from None
@@ -402,7 +402,7 @@ class Engine:
             if problem.status == 422:
                 problem.errors = [{"loc": ["terms", f.index], "msg": str(f.error)}]
             raise problem from None
-        except (RuntimeError, ValueError, IndexError) as e:
+        except (RuntimeError, ValueError, IndexError, ArithmeticError) as e:
             raise self._device_problem(e, "this composite call", "the composite") from None
 
     def _run_composite(self, comp: Composite) -> CompositeResult:
@@ -429,7 +429,7 @@ class Engine:
                         tensors[name] = self._to_device(t)
                 try:
                     value, _ = _value_and_terms(term.call.spec.fn(**self._kwargs(term.call, tensors)))
-                except (RuntimeError, ValueError, IndexError) as e:
+                except (RuntimeError, ValueError, IndexError, ArithmeticError) as e:
                     raise _TermFailed(i, e) from None
                 if value.dim() != 0:
                     value = value.sum()
