@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
+import time
 from typing import Any
 
-from serverutil import Server
+import httpx
+from serverutil import Server, run_server
 
 from lossd.transport import JOIN_MAX_BYTES, TurnWriter
 
@@ -201,3 +204,72 @@ def test_a_websocket_upgrade_is_refused_as_uvicorn_refuses_it(server: Server) ->
     assert _until_closed(server, _post(b'{"inputs": {"input": [1.0], "target": [3.0]}}')).endswith(
         b'"value":4.0,"grads":{}}'
     )
+
+
+def _problem_then_close(data: bytes, status: int) -> dict[str, Any]:
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 %d " % status), data[:200]
+    headers = dict(line.split(b": ", 1) for line in head.split(b"\r\n")[1:])
+    assert headers[b"content-type"] == b"application/problem+json" and headers[b"connection"] == b"close"
+    assert b"x-request-id" in headers
+    problem: dict[str, Any] = json.loads(body)
+    assert problem["status"] == status
+    return problem
+
+
+def test_a_head_that_never_ends_is_a_431_and_costs_the_others_nothing(server: Server) -> None:
+    """A header that never ends used to be gathered without bound (a minute of a stalled loop for 200 MB):
+    past 64 KiB of request line and headers the answer is 431, the connection closes, the rest is served."""
+    host, port = server.url.removeprefix("http://").split(":")
+    data = b""
+    with socket.create_connection((host, int(port)), timeout=20) as s:
+        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: t\r\nX-Big: ")
+        try:
+            for _ in range(64):  # up to 4 MiB, but the server closes after the first 64 KiB or so
+                s.sendall(b"a" * 65536)
+        except OSError:  # reset: the server closed while we were still sending
+            pass
+        with contextlib.suppress(OSError):
+            while chunk := s.recv(65536):
+                data += chunk
+    problem = _problem_then_close(data, 431)
+    assert "65536" in problem["detail"]
+    # A long but legal head is fine.
+    ok = _until_closed(server, b"GET /healthz HTTP/1.1\r\nHost: t\r\nX-Long: " + b"b" * 30_000 + b"\r\n\r\n")
+    assert ok.startswith(b"HTTP/1.1 200 OK"), ok[:200]
+
+
+def test_silent_and_half_sent_connections_are_closed_after_the_header_timeout() -> None:
+    """A connection that sends nothing, or part of a head, is closed after LOSSD_HEADER_TIMEOUT_S (408 for
+    the part), so such connections cannot pile up until no file descriptor is left; a client waiting for
+    a long computation, and keep-alive between requests, are not affected."""
+    import safetensors.torch
+    import torch
+
+    with run_server({"LOSSD_HEADER_TIMEOUT_S": "1", "LOSSD_WARMUP": "false", "LOSSD_TORCH_THREADS": "1"}) as srv:
+        host, port = srv.url.removeprefix("http://").split(":")
+        t0 = time.monotonic()
+        with socket.create_connection((host, int(port)), timeout=20) as silent:
+            assert silent.recv(1) == b""  # closed, without a word
+        assert time.monotonic() - t0 < 8
+        with socket.create_connection((host, int(port)), timeout=20) as partial:
+            partial.sendall(b"GET /healthz HTTP/1.1\r\nHo")
+            data = b""
+            while chunk := partial.recv(65536):
+                data += chunk
+        assert "did not arrive" in _problem_then_close(data, 408)["detail"]
+        # Keep-alive: a second request after a pause shorter than uvicorn's idle limit (5 s) is answered.
+        with httpx.Client(base_url=srv.url, timeout=60) as client:
+            assert client.get("/healthz").status_code == 200
+            time.sleep(1.5)
+            assert client.get("/healthz").status_code == 200
+            # A call computing for longer than the header timeout still gets its answer.
+            gen = torch.Generator().manual_seed(0)
+            z = {"z1": torch.randn(4096, 512, generator=gen), "z2": torch.randn(4096, 512, generator=gen)}
+            t1 = time.monotonic()
+            r = client.post(
+                "/v1/losses/info_nce",
+                content=safetensors.torch.save(z, metadata={"grad": "true"}),
+                headers={"Content-Type": "application/x-safetensors"},
+            )
+            assert r.status_code == 200 and time.monotonic() - t1 > 1

@@ -73,7 +73,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         log_level=settings.log_level,
         access_log=False,
         loop="uvloop",
-        http=CoalescingHttpToolsProtocol,
+        http=CoalescingHttpToolsProtocol.with_head_timeout(settings.header_timeout_s),
         # The grace period is spent draining before uvicorn's own shutdown starts; this bounds what is left after it.
         timeout_graceful_shutdown=1,
     )

@@ -40,6 +40,12 @@ class Settings(BaseSettings):
         description="Time to receive a compute request's body once admitted; 408 (and the connection closed) "
         "past it, so stalled uploads cannot hold admission slots.",
     )
+    header_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="Time for a connection to send a request's headers once it opens or starts one; past it the "
+        "connection is closed (408 if part of a head came), so silent connections cannot use up the server's.",
+    )
     compute_threads: int = Field(1, gt=0, description="Worker threads per device running loss computations.")
     torch_threads: int = Field(
         0,

@@ -1,4 +1,5 @@
-"""uvicorn's httptools protocol with each connection's writes of one event-loop turn sent together.
+"""uvicorn's httptools protocol with each connection's writes of one event-loop turn sent together,
+and bounds on request heads (size: 431; time: LOSSD_HEADER_TIMEOUT_S) that uvicorn does not set.
 
 uvicorn writes a response's status line and headers, then its body, as two writes: two send()
 system calls, and on loopback two trips through the TCP stack on the server's core. Held until
@@ -18,6 +19,10 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 # Joining copies; past this a list of buffers goes out as it is (writelines).
 JOIN_MAX_BYTES = 64 * 1024
+# A request line and headers past this size are a 431 (nginx allows 32 KiB, Node 16 KiB). Without a
+# bound httptools gathers a header that never ends, at a cost that grows with its square: one client
+# sending 200 MB of it held the loop for a minute.
+HEAD_MAX_BYTES = 64 * 1024
 
 
 class TurnWriter:
@@ -64,15 +69,82 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol writing through a :class:`TurnWriter` (``uvicorn.Config(http=...)``)."""
 
     transport: TurnWriter  # type: ignore[assignment]
+    # A connection must deliver a request's headers within this long of opening, or of their first
+    # byte after an idle spell (uvicorn closes idle keep-alive connections itself), else it is closed:
+    # 408 when part of a head arrived. Connections that never send would otherwise be held forever,
+    # file descriptors and all, until none were left for anyone (LOSSD_HEADER_TIMEOUT_S).
+    head_timeout_s = 10.0
+    _head_bytes: int  # bytes received since the current request's head began, while it has not ended
+    _in_head: bool
+    _head_timer: asyncio.TimerHandle | None
+
+    @classmethod
+    def with_head_timeout(cls, seconds: float) -> type[CoalescingHttpToolsProtocol]:
+        """The protocol class for ``uvicorn.Config(http=...)`` with ``head_timeout_s`` set."""
+        return type(cls.__name__, (cls,), {"head_timeout_s": seconds})
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(TurnWriter(transport, self.loop))  # type: ignore[arg-type]
+        self._head_bytes = 0
+        self._in_head = True
+        self._head_timer = self.loop.call_later(self.head_timeout_s, self._head_timed_out)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_head_timer()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        in_head = self._in_head
+        if in_head:
+            self._head_bytes += len(data)
+        super().data_received(data)
+        if not (self._in_head and in_head) or self.transport.is_closing():
+            return
+        if self._head_bytes > HEAD_MAX_BYTES:
+            self._cancel_head_timer()
+            self._refuse(
+                431, "Request Header Fields Too Large", f"request line and headers over {HEAD_MAX_BYTES} bytes"
+            )
+        elif self._head_timer is None:  # a head begun but not ended (a whole one leaves no timer behind)
+            self._head_timer = self.loop.call_later(self.head_timeout_s, self._head_timed_out)
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        self._head_bytes = 0
+        self._cancel_head_timer()
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        self._in_head = True  # the next request's head, if one comes
+
+    def _cancel_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        if not self._in_head or self.transport.is_closing():
+            return
+        if self.cycle is not None and not self.cycle.response_complete:  # the client awaits an answer
+            self._head_timer = self.loop.call_later(self.head_timeout_s, self._head_timed_out)
+        elif self._head_bytes:
+            self._refuse(
+                408, "Request Timeout", f"the request's headers did not arrive within {self.head_timeout_s:g} s"
+            )
+        else:
+            self.transport.close()
 
     def send_400_response(self, msg: str) -> None:
         """A request that is not HTTP (bad framing, a Content-Length that is not a number): the
         400 every other error is, application/problem+json with a request id, then close."""
-        body = orjson.dumps({"type": "about:blank", "title": "Bad Request", "status": 400, "detail": msg})
-        head = [b"HTTP/1.1 400 Bad Request\r\n"]
+        self._refuse(400, "Bad Request", msg)
+
+    def _refuse(self, status: int, title: str, detail: str) -> None:
+        """An answer from the HTTP layer itself, as application/problem+json with a request id, then close."""
+        body = orjson.dumps({"type": "about:blank", "title": title, "status": status, "detail": detail})
+        head = [b"HTTP/1.1 %d %s\r\n" % (status, title.encode())]
         for name, value in self.server_state.default_headers:
             head += [name, b": ", value, b"\r\n"]
         head += [
