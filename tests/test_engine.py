@@ -795,3 +795,30 @@ def test_engine_calls_count_what_ran_as_metrics_do_and_every_device_has_series_f
     counted = [float(v) for v in re.findall(r'^lossd_device_calls_total\{device="cpu:\d"\} (\S+)$', text, re.M)]
     assert sum(counted) == 1
     svc.close()
+
+
+def test_one_client_holds_at_most_its_share_of_the_slots() -> None:
+    """max_per_client: a client at its bound gets a 503 with Retry-After (counted as "client"), another
+    client still gets a slot, a freed slot is the client's again, and nothing is kept of clients gone."""
+    refused: list[str] = []
+    d = Dispatcher(
+        [Engine(CAT, torch.device("cpu"), Settings(warmup=False))],
+        max_concurrency=8,
+        retry_after_s=2,
+        on_refused=refused.append,
+        max_per_client=2,
+    )
+    a1, a2 = d.slot(client="a"), d.slot(client="a")
+    with a1, a2:
+        with pytest.raises(Problem) as e:
+            with d.slot(client="a"):
+                pass
+        assert e.value.status == 503 and e.value.headers["Retry-After"] == "2" and "limit 2" in e.value.detail
+        with d.slot(client="b"):
+            assert d.per_client == {"a": 2, "b": 1} and d.admitted == 3
+    assert refused == ["client"] and d.per_client == {} and d.admitted == 0
+    with d.slot(client="a"), d.slot(client="a"):
+        pass
+    off = Dispatcher([Engine(CAT, torch.device("cpu"), Settings(warmup=False))], max_concurrency=8, retry_after_s=1)
+    with off.slot(client="a"), off.slot(client="a"), off.slot(client="a"):
+        assert off.per_client == {}  # no bound: nothing counted

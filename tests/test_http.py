@@ -858,3 +858,34 @@ def test_an_index_param_beyond_int64_is_a_422_at_the_param_alone_and_in_a_batch(
     assert r.status_code == 200
     first, second = r.json()["results"]
     assert first["value"] == 1.0 and second["error"]["status"] == 422
+
+
+def test_stalled_uploads_of_one_key_leave_slots_for_the_others() -> None:
+    """LOSSD_MAX_CONCURRENCY_PER_CLIENT: a tenant whose uploads stall holds at most its share of the slots
+    (its next call is a 503 naming the bound), and another tenant's calls go through meanwhile."""
+    import socket
+
+    keys = '{"attacker": ["*"], "victim": ["*"]}'
+    env = {"LOSSD_MAX_CONCURRENCY": "4", "LOSSD_MAX_CONCURRENCY_PER_CLIENT": "2", "LOSSD_API_KEYS": keys}
+    with run_server({**env, "LOSSD_WARMUP": "false"}) as s:
+        host, port = s.url.removeprefix("http://").split(":")
+        stalled = []
+        for _ in range(2):
+            c = socket.create_connection((host, int(port)), timeout=10)
+            c.sendall(
+                b"POST /v1/losses/mse HTTP/1.1\r\nHost: t\r\nX-API-Key: attacker\r\n"
+                b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{"
+            )
+            stalled.append(c)
+        try:
+            time.sleep(0.5)
+            body = {"inputs": {"input": [1.0], "target": [0.0]}}
+            third = httpx.post(s.url + "/v1/losses/mse", json=body, headers={"X-API-Key": "attacker"}, timeout=10)
+            problem = assert_problem(third, 503)
+            assert "limit 2" in problem["detail"] and "Retry-After" in third.headers
+            for _ in range(3):
+                r = httpx.post(s.url + "/v1/losses/mse", json=body, headers={"X-API-Key": "victim"}, timeout=10)
+                assert r.status_code == 200 and r.json()["value"] == 1.0
+        finally:
+            for c in stalled:
+                c.close()

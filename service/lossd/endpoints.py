@@ -305,11 +305,12 @@ class ComputeEndpoints:
         spec = svc.spec(name)
         state["loss"] = spec.name
         svc.keys.authorize(key, spec.name)
-        svc.admit(key, self._client(scope))
+        who = key or self._client(scope)
+        svc.admit(who)
         binary_in = content_kind(headers)
         binary_out = binary_in or wants_safetensors(headers.get(b"accept"))
         deadline = svc.deadline(_text(headers, b"x-deadline-ms"))
-        with svc.dispatcher.slot() as slot:
+        with svc.dispatcher.slot(client=who) as slot:
             body = await self._read(receive, headers, binary_in, slot)
             content = await svc.compute(spec, body, binary_in, binary_out, deadline)
         return content, SAFETENSORS_MEDIA if binary_out else JSON_MEDIA
@@ -323,10 +324,11 @@ class ComputeEndpoints:
     ) -> tuple[Body, bytes]:
         svc = self.svc
         key = svc.keys.authenticate(_text(headers, b"authorization"), _text(headers, b"x-api-key"))
-        svc.admit(key, self._client(scope))
+        who = key or self._client(scope)
+        svc.admit(who)
         if content_kind(headers):
             raise Problem(415, "batch and composite bodies are JSON")
         deadline = svc.deadline(_text(headers, b"x-deadline-ms"))
-        with svc.dispatcher.slot() as slot:
+        with svc.dispatcher.slot(client=who) as slot:
             body = await self._read(receive, headers, False, slot)
             return await run(body, key, deadline), JSON_MEDIA

@@ -517,11 +517,16 @@ class Dispatcher:
         on_refused: Callable[[str], None] | None = None,
         on_ran: Callable[[Engine, float], None] | None = None,
         max_inflight_bytes: int | None = None,
+        max_per_client: int = 0,
     ) -> None:
         self.engines = list(engines)
         self.max_concurrency = max_concurrency
         self.retry_after_s = retry_after_s
         self.max_inflight_bytes = max_inflight_bytes
+        # Slots one client may hold (0: no bound), so that one tenant's stalled uploads or flood cannot
+        # take every slot; the calls each client holds now.
+        self.max_per_client = max_per_client
+        self.per_client: dict[str, int] = {}
         self.body_bytes = 0
         # Accounting hooks: a request refused ("busy": no slot; "memory": no byte budget; "deadline": 504)
         # and a call run (its device seconds).
@@ -536,17 +541,20 @@ class Dispatcher:
     def _least_loaded(self) -> Engine:
         return min(self.engines, key=lambda e: e.inflight)
 
-    def busy(self) -> Problem:
-        return Problem(
-            503,
-            f"server busy: {self.admitted} calls in flight (limit {self.max_concurrency}); retry later",
-            headers={"Retry-After": str(self.retry_after_s)},
+    def busy(self, who: str = "", limit: int = 0) -> Problem:
+        """503 with Retry-After: the server's calls in flight at their bound, or ``who``'s at ``limit``."""
+        held = (
+            f"{who} calls in flight (limit {limit})"
+            if who
+            else f"{self.admitted} calls in flight (limit {self.max_concurrency})"
         )
+        return Problem(503, f"server busy: {held}; retry later", headers={"Retry-After": str(self.retry_after_s)})
 
-    def slot(self, nbytes: int = 0) -> Slot:
+    def slot(self, nbytes: int = 0, client: str | None = None) -> Slot:
         """One of the ``max_concurrency`` slots, held (``with``) for the duration of a request, with
-        ``nbytes`` of body (more with :meth:`Slot.grow`); 503 if no slot or byte budget is free."""
-        return Slot(self, nbytes)
+        ``nbytes`` of body (more with :meth:`Slot.grow`); 503 if no slot or byte budget is free, or if
+        ``client`` holds ``max_per_client`` slots already."""
+        return Slot(self, nbytes, client)
 
     def _refuse(self, reason: str, problem: Problem) -> Problem:
         if self.on_refused is not None:
@@ -731,20 +739,28 @@ class Dispatcher:
 
 class Slot:
     # A plain class rather than @contextmanager: this is on every request's path.
-    __slots__ = ("dispatcher", "nbytes")
+    __slots__ = ("client", "dispatcher", "nbytes")
 
-    def __init__(self, dispatcher: Dispatcher, nbytes: int) -> None:
+    def __init__(self, dispatcher: Dispatcher, nbytes: int, client: str | None) -> None:
         self.dispatcher = dispatcher
         self.nbytes = nbytes
+        self.client = client if dispatcher.max_per_client else None
 
     def __enter__(self) -> Slot:
         d = self.dispatcher
         if d.admitted >= d.max_concurrency:
             raise d._refuse("busy", d.busy())
+        held = d.per_client.get(self.client, 0) if self.client is not None else 0
+        if self.client is not None and held >= d.max_per_client:
+            raise d._refuse(
+                "client", d.busy(f"this client (API key, or address without keys) has {held}", d.max_per_client)
+            )
         if self.nbytes and (p := d._refuse_over_budget(self.nbytes)) is not None:
             raise p
         d.admitted += 1
         d.body_bytes += self.nbytes
+        if self.client is not None:
+            d.per_client[self.client] = held + 1
         return self
 
     def grow(self, nbytes: int) -> None:
@@ -757,8 +773,15 @@ class Slot:
         self.nbytes += nbytes
 
     def __exit__(self, *exc: object) -> None:
-        self.dispatcher.admitted -= 1
-        self.dispatcher.body_bytes -= self.nbytes
+        d = self.dispatcher
+        d.admitted -= 1
+        d.body_bytes -= self.nbytes
+        if self.client is not None:
+            left = d.per_client[self.client] - 1
+            if left:
+                d.per_client[self.client] = left
+            else:  # bounded by the clients in flight, not by every client ever seen
+                del d.per_client[self.client]
 
 
 _AUTOGRAD_ENGINE = torch.autograd.Variable._execution_engine

@@ -78,6 +78,7 @@ class Service:
             on_refused=lambda reason: self.metrics.rejected.labels(reason).inc(),
             on_ran=lambda engine, seconds: self.metrics.observe_compute(str(engine.device), seconds),
             max_inflight_bytes=settings.max_inflight_body_bytes,
+            max_per_client=settings.max_concurrency_per_client,
         )
         # Decoding and encoding large bodies (a 45 MB JSON body takes 250 ms to parse) happens
         # here, off the event loop and off the device workers.
@@ -140,7 +141,8 @@ class Service:
         close = self.catalogue.closest(name)
         return f"unknown loss {shown}" + (f"; closest: {', '.join(close)}" if close else "")
 
-    def admit(self, key: str | None, client: str) -> None:
+    def admit(self, client: str) -> None:
+        """Whether this server takes work now, and ``client`` (its key, or its address) under its rate."""
         if self.draining or not self.ready:
             self.metrics.rejected.labels("not_ready").inc()
             if self.failed:  # not worth retrying here: another instance may serve it
@@ -150,7 +152,7 @@ class Service:
                 "the server is not ready (warming up or shutting down)",
                 headers={"Retry-After": str(self.settings.retry_after_s)},
             )
-        self.limiter.check(key or client)
+        self.limiter.check(client)
 
     def deadline(self, header: str | None) -> float:
         ms = self.settings.deadline_ms

@@ -21,6 +21,13 @@ class Settings(BaseSettings):
     max_tensors: int = Field(64, gt=0, description="Most tensors in one call (and calls in one batch).")
     max_batch_calls: int = Field(256, gt=0, description="Most calls in one /v1/batch request.")
     max_concurrency: int = Field(64, gt=0, description="Calls admitted at once (running or queued); 503 beyond.")
+    max_concurrency_per_client: int = Field(
+        0,
+        ge=0,
+        description="Calls one client (its API key; its address where there are no keys) may have admitted at "
+        "once; 503 beyond, so that one tenant's stalled uploads or flood leave slots for the others. 0: no bound. "
+        "Behind a proxy without keys every client has the proxy's address: use keys.",
+    )
     max_inflight_body_bytes: int = Field(
         1024 * 1024 * 1024,
         gt=0,
