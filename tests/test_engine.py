@@ -822,3 +822,36 @@ def test_one_client_holds_at_most_its_share_of_the_slots() -> None:
     off = Dispatcher([Engine(CAT, torch.device("cpu"), Settings(warmup=False))], max_concurrency=8, retry_after_s=1)
     with off.slot(client="a"), off.slot(client="a"), off.slot(client="a"):
         assert off.per_client == {}  # no bound: nothing counted
+
+
+def test_a_queued_call_is_answered_504_at_its_deadline_not_when_its_worker_gets_to_it() -> None:
+    """X-Deadline-Ms bounds the wait to start: a call queued behind a long one is refused when its deadline
+    passes (not a second later), is then skipped by the worker, and frees its place; a call that started in
+    time runs to its end even past its deadline."""
+    refused: list[str] = []
+    engine = Engine(CAT, torch.device("cpu"), Settings(warmup=False))
+    d = Dispatcher([engine], max_concurrency=8, retry_after_s=1, on_refused=refused.append)
+    ran: list[str] = []
+
+    def slow(e: Engine, name: str) -> str:
+        ran.append(name)
+        time.sleep(0.6)
+        return name
+
+    async def scenario() -> tuple[float, str, str]:
+        now = time.monotonic()
+        first = asyncio.ensure_future(d.submit(slow, "first", deadline=now + 0.1))  # starts at once
+        await asyncio.sleep(0.05)
+        t0 = time.monotonic()
+        with pytest.raises(Problem) as e:
+            await d.submit(slow, "late", deadline=time.monotonic() + 0.2)
+        waited = time.monotonic() - t0
+        assert e.value.status == 504
+        after = await d.submit(slow, "after", deadline=time.monotonic() + 5)
+        return waited, await first, after
+
+    waited, first, after = asyncio.run(scenario())
+    assert waited < 0.45  # 0.2 s, not the 0.55 s left of the call before it
+    assert (first, after) == ("first", "after") and ran == ["first", "after"]
+    assert refused == ["deadline"] and engine.calls == 2 and engine.inflight == 0
+    engine.shutdown()

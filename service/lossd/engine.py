@@ -536,6 +536,8 @@ class Dispatcher:
         # Calls for the device workers waiting for the end of this turn of the event loop, per engine;
         # small requests waiting for it (all engines).
         self._queued: dict[Engine, list[_Queued]] = {}
+        # The answers of the calls a worker has started (added there, removed on the loop when done).
+        self._running: set[asyncio.Future[Any]] = set()
         self._small: list[_Small] = []
 
     def _least_loaded(self) -> Engine:
@@ -594,7 +596,29 @@ class Dispatcher:
         queue.append((fn, args, deadline, done))
         if len(queue) == 1:
             loop.call_soon(self._run_queued, engine, loop)
-        return await done
+        # A call still queued behind others when its deadline passes is answered 504 then, not when its
+        # worker reaches it (and skips it).
+        expiry = loop.call_later(max(0.0, deadline - time.monotonic()), self._expire, done)
+        try:
+            return await done
+        finally:
+            expiry.cancel()
+
+    def _finished(self, engine: Engine, done: asyncio.Future[Any], outcome: _Outcome | None) -> None:
+        """A worker is done with a call (``outcome`` None: skipped, its request gone or answered 504). The
+        engine's ``calls`` counts the calls it ran, as /metrics' lossd_device_calls_total does."""
+        engine.inflight -= 1
+        self._running.discard(done)
+        if outcome is not None:
+            ok, value, ran = outcome
+            engine.calls += ran
+            _settle(done, (ok, value))
+
+    def _expire(self, done: asyncio.Future[Any]) -> None:
+        if not done.done() and done not in self._running:  # a call that started in time runs to its end
+            if self.on_refused is not None:
+                self.on_refused("deadline")
+            done.set_exception(Problem(504, "the call's deadline passed before it ran"))
 
     def _run_queued(self, engine: Engine, loop: asyncio.AbstractEventLoop) -> None:
         """Hand the calls submitted in the last turn of the event loop to the engine's threads."""
@@ -602,8 +626,13 @@ class Dispatcher:
 
         def on_worker(part: list[_Queued]) -> None:
             for fn, args, deadline, done in part:
-                outcome = None if done.cancelled() else self._outcome(fn, engine, args, deadline)
-                loop.call_soon_threadsafe(_finished, engine, done, outcome)
+                # Skipped if its request is gone, or was answered 504 at its deadline (:meth:`_expire`).
+                if done.done():
+                    outcome = None
+                else:
+                    self._running.add(done)
+                    outcome = self._outcome(fn, engine, args, deadline)
+                loop.call_soon_threadsafe(self._finished, engine, done, outcome)
 
         threads = engine.threads
         for part in (queued[i::threads] for i in range(min(threads, len(queued)))):
@@ -612,7 +641,7 @@ class Dispatcher:
             except RuntimeError:  # the engine has been shut down
                 for *_, done in part:
                     shutting_down = Problem(503, "the server is shutting down", headers={"Retry-After": "1"})
-                    _finished(engine, done, (False, shutting_down, False))
+                    self._finished(engine, done, (False, shutting_down, False))
 
     async def small(
         self,
@@ -802,16 +831,6 @@ def grad(total: torch.Tensor, leaves: Sequence[torch.Tensor]) -> tuple[torch.Ten
 
 def _unreduced(call: Call) -> bool:
     return call.param_kwargs.get("reduction") == "none"
-
-
-def _finished(engine: Engine, done: asyncio.Future[Any], outcome: _Outcome | None) -> None:
-    """A worker is done with a call (``outcome`` None: skipped, its request was cancelled). The engine's
-    ``calls`` counts the calls it ran, as /metrics' lossd_device_calls_total does."""
-    engine.inflight -= 1
-    if outcome is not None:
-        ok, value, ran = outcome
-        engine.calls += ran
-        _settle(done, (ok, value))
 
 
 def _settle(done: asyncio.Future[Any], outcome: tuple[bool, Any]) -> None:
