@@ -886,6 +886,9 @@ def test_stalled_uploads_of_one_key_leave_slots_for_the_others() -> None:
             for _ in range(3):
                 r = httpx.post(s.url + "/v1/losses/mse", json=body, headers={"X-API-Key": "victim"}, timeout=10)
                 assert r.status_code == 200 and r.json()["value"] == 1.0
+            metrics = httpx.get(s.url + "/metrics").text
+            assert "lossd_admitted_requests 2.0" in metrics  # the stalled two, seen from outside
+            assert 'lossd_rejected_total{reason="client"} 1.0' in metrics
         finally:
             for c in stalled:
                 c.close()

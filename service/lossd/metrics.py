@@ -39,6 +39,14 @@ class Metrics:
             "lossd_rejected", "Calls refused before running, by reason", ["reason"], registry=self.registry
         )
         self.ready = Gauge("lossd_ready", "1 when the server takes work", registry=self.registry)
+        self.admitted = Gauge(
+            "lossd_admitted_requests",
+            "Compute requests holding a slot (receiving, queued, computing or answering); 503 at LOSSD_MAX_CONCURRENCY",
+            registry=self.registry,
+        )
+        self.body_bytes = Gauge(
+            "lossd_inflight_body_bytes", "Request body bytes of the admitted requests", registry=self.registry
+        )
         self._request_children: dict[tuple[str, str, str, int], tuple[Any, Any]] = {}
         self._device_children: dict[str, tuple[Any, Any]] = {}
 

@@ -517,6 +517,8 @@ class Service:
     def update_gauges(self) -> None:
         for e in self.engines:
             self.metrics.inflight.labels(str(e.device)).set(e.inflight)
+        self.metrics.admitted.set(self.dispatcher.admitted)
+        self.metrics.body_bytes.set(self.dispatcher.body_bytes)
 
 
 def _work(call: Call) -> float:
