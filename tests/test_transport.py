@@ -273,3 +273,36 @@ def test_silent_and_half_sent_connections_are_closed_after_the_header_timeout() 
                 headers={"Content-Type": "application/x-safetensors"},
             )
             assert r.status_code == 200 and time.monotonic() - t1 > 1
+
+
+def test_connections_past_the_bound_get_a_503_not_a_reset() -> None:
+    """LOSSD_MAX_CONNECTIONS: a connection past the bound is answered 503 problem+json with Retry-After and
+    closed (past the open-file limit it would be reset without a word); once others close, new ones are
+    served again. The default bound sits below the open-file limit."""
+    import resource
+
+    from lossd.cli import max_connections
+    from lossd.settings import Settings
+
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY:
+        assert 0 < max_connections(Settings()) < soft
+    assert max_connections(Settings(max_connections=7)) == 7
+
+    with run_server({"LOSSD_MAX_CONNECTIONS": "3", "LOSSD_WARMUP": "false", "LOSSD_RETRY_AFTER_S": "2"}) as srv:
+        host, port = srv.url.removeprefix("http://").split(":")
+        held = [socket.create_connection((host, int(port)), timeout=10) for _ in range(3)]
+        try:
+            time.sleep(0.2)
+            with socket.create_connection((host, int(port)), timeout=10) as extra:
+                data = b""
+                while chunk := extra.recv(65536):
+                    data += chunk
+            problem = _problem_then_close(data, 503)
+            assert "LOSSD_MAX_CONNECTIONS" in problem["detail"] and problem["retry_after"] == 2
+            assert b"\r\nretry-after: 2\r\n" in data.partition(b"\r\n\r\n")[0]
+        finally:
+            for c in held:
+                c.close()
+        time.sleep(0.2)
+        assert httpx.get(srv.url + "/healthz").status_code == 200

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import signal
 import sys
 from collections.abc import Sequence
@@ -46,6 +47,15 @@ def _exit_on_stop_signals() -> None:
         signal.signal(sig, lambda signum, _frame: os._exit(128 + signum))
 
 
+def max_connections(settings: Settings) -> int:
+    """LOSSD_MAX_CONNECTIONS, or 9/10 of the open-file limit: the rest stays for files, the
+    connections' own sockets to come and to go, and whatever else the process opens."""
+    if settings.max_connections:
+        return settings.max_connections
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return 0 if soft == resource.RLIM_INFINITY else max(1, soft * 9 // 10)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     _exit_on_stop_signals()  # nothing to drain yet
     args = parse(argv)
@@ -73,7 +83,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         log_level=settings.log_level,
         access_log=False,
         loop="uvloop",
-        http=CoalescingHttpToolsProtocol.with_head_timeout(settings.header_timeout_s),
+        http=CoalescingHttpToolsProtocol.configured(
+            settings.header_timeout_s, max_connections(settings), settings.retry_after_s
+        ),
         # The grace period is spent draining before uvicorn's own shutdown starts; this bounds what is left after it.
         timeout_graceful_shutdown=1,
     )

@@ -53,6 +53,12 @@ class Settings(BaseSettings):
         description="Time for a connection to send a request's headers once it opens or starts one; past it the "
         "connection is closed (408 if part of a head came), so silent connections cannot use up the server's.",
     )
+    max_connections: int = Field(
+        0,
+        ge=0,
+        description="Open connections past which a new one is answered 503 (with Retry-After) and closed, rather "
+        "than reset when file descriptors run out. 0: nine tenths of the open-file limit (ulimit -n).",
+    )
     compute_threads: int = Field(1, gt=0, description="Worker threads per device running loss computations.")
     torch_threads: int = Field(
         0,

@@ -74,19 +74,32 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
     # 408 when part of a head arrived. Connections that never send would otherwise be held forever,
     # file descriptors and all, until none were left for anyone (LOSSD_HEADER_TIMEOUT_S).
     head_timeout_s = 10.0
+    # Open connections past which a new one is answered 503 and closed (LOSSD_MAX_CONNECTIONS): short of
+    # the open-file limit, which would otherwise reset every new client without a word.
+    max_connections = 0  # 0: no bound
+    retry_after_s = 1
     _head_bytes: int  # bytes received since the current request's head began, while it has not ended
     _in_head: bool
     _head_timer: asyncio.TimerHandle | None
 
     @classmethod
-    def with_head_timeout(cls, seconds: float) -> type[CoalescingHttpToolsProtocol]:
-        """The protocol class for ``uvicorn.Config(http=...)`` with ``head_timeout_s`` set."""
-        return type(cls.__name__, (cls,), {"head_timeout_s": seconds})
+    def configured(
+        cls, head_timeout_s: float, max_connections: int, retry_after_s: int
+    ) -> type[CoalescingHttpToolsProtocol]:
+        """The protocol class for ``uvicorn.Config(http=...)`` with these bounds."""
+        bounds = {"head_timeout_s": head_timeout_s, "max_connections": max_connections, "retry_after_s": retry_after_s}
+        return type(cls.__name__, (cls,), bounds)
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(TurnWriter(transport, self.loop))  # type: ignore[arg-type]
         self._head_bytes = 0
         self._in_head = True
+        self._head_timer = None
+        if self.max_connections and len(self.connections) > self.max_connections:
+            retry = str(self.retry_after_s).encode()
+            detail = f"server busy: {self.max_connections} connections open (LOSSD_MAX_CONNECTIONS); retry later"
+            self._refuse(503, "Service Unavailable", detail, [b"retry-after: " + retry + b"\r\n"])
+            return
         self._head_timer = self.loop.call_later(self.head_timeout_s, self._head_timed_out)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -141,12 +154,16 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
         400 every other error is, application/problem+json with a request id, then close."""
         self._refuse(400, "Bad Request", msg)
 
-    def _refuse(self, status: int, title: str, detail: str) -> None:
+    def _refuse(self, status: int, title: str, detail: str, extra: list[bytes] | None = None) -> None:
         """An answer from the HTTP layer itself, as application/problem+json with a request id, then close."""
-        body = orjson.dumps({"type": "about:blank", "title": title, "status": status, "detail": detail})
+        problem: dict[str, object] = {"type": "about:blank", "title": title, "status": status, "detail": detail}
+        if status == 503:
+            problem["retry_after"] = self.retry_after_s
+        body = orjson.dumps(problem)
         head = [b"HTTP/1.1 %d %s\r\n" % (status, title.encode())]
         for name, value in self.server_state.default_headers:
             head += [name, b": ", value, b"\r\n"]
+        head += extra or []
         head += [
             b"content-type: application/problem+json\r\n",
             b"content-length: %d\r\n" % len(body),
