@@ -38,20 +38,24 @@ def _log_softmax(x: np.ndarray) -> np.ndarray:
     return x - m - np.log(np.exp(x - m).sum(axis=1, keepdims=True))
 
 
-def _ce_call(n: int, c: int) -> tuple[bytes, float, bytes, float]:
-    """(cross_entropy body, its reference value, focal body, its reference value), float64 references."""
+def _ce_call(n: int, c: int) -> tuple[bytes, float, np.ndarray, bytes, float]:
+    """(cross_entropy body, its reference value and gradient, focal body, its reference value), in float64."""
     x = RNG.standard_normal((n, c), dtype=np.float32)
     y = RNG.integers(0, c, n)
-    logp = _log_softmax(x)[np.arange(n), y]
+    full = _log_softmax(x)
+    logp = full[np.arange(n), y]
     ce = float(-logp.mean())
+    ce_grad = np.exp(full)
+    ce_grad[np.arange(n), y] -= 1.0
+    ce_grad /= n  # d mean(-log softmax(x)[y]) / dx
     focal = float((-((1 - np.exp(logp)) ** 2.0) * logp).mean())
     inputs = {"input": x.tolist(), "target": y.tolist()}
     ce_body = orjson.dumps({"inputs": inputs, "grad": ["input"]})
     focal_body = orjson.dumps({"inputs": inputs, "params": {"gamma": 2.0}, "grad": ["input"]})
-    return ce_body, ce, focal_body, focal
+    return ce_body, ce, ce_grad, focal_body, focal
 
 
-CE_BODY, CE_VALUE, FOCAL_BODY, FOCAL_VALUE = _ce_call(32, 10)
+CE_BODY, CE_VALUE, CE_GRAD, FOCAL_BODY, FOCAL_VALUE = _ce_call(32, 10)
 
 # Each bad request with the status it must get.
 BAD: list[tuple[str, str, bytes, dict[str, str], int]] = [
@@ -146,14 +150,19 @@ def expect(resp: ResponseContextManager, status: int) -> bool:
     return True
 
 
-def check_value(resp: ResponseContextManager, reference: float, grad_shape: list[int]) -> None:
+def check_value(
+    resp: ResponseContextManager, reference: float, grad_shape: list[int], grad: np.ndarray | None = None
+) -> None:
     if not expect(resp, 200):
         return
     body = orjson.loads(resp.content or b"")
+    g = body["grads"]["input"]
     if not math.isclose(body["value"], reference, rel_tol=1e-4, abs_tol=1e-6):
         resp.failure(f"value {body['value']} differs from the reference {reference}")
-    elif body["grads"]["input"]["shape"] != grad_shape:
-        resp.failure(f"gradient shape {body['grads']['input']['shape']}, expected {grad_shape}")
+    elif g["shape"] != grad_shape:
+        resp.failure(f"gradient shape {g['shape']}, expected {grad_shape}")
+    elif grad is not None and not np.allclose(np.asarray(g["data"]).reshape(grad_shape), grad, rtol=1e-4, atol=1e-6):
+        resp.failure("gradient differs from the reference")
     else:
         resp.success()
 
@@ -175,7 +184,7 @@ class Classify(LossdUser):
     @task(3)
     def cross_entropy(self) -> None:
         with self.post("/v1/losses/cross_entropy", CE_BODY, JSON) as r:
-            check_value(r, CE_VALUE, [32, 10])
+            check_value(r, CE_VALUE, [32, 10], CE_GRAD)
 
     @task(1)
     def focal(self) -> None:
@@ -187,12 +196,14 @@ class Regress(LossdUser):
     weight = 1
     body: bytes = b""
     reference = 0.0
+    grad_sample: np.ndarray = np.zeros(0)  # the gradient's every 1000th element: the check stays cheap
 
     def on_start(self) -> None:
         if not Regress.body:
             x = RNG.standard_normal(MSE_ELEMENTS, dtype=np.float32)
             y = RNG.standard_normal(MSE_ELEMENTS, dtype=np.float32)
             Regress.reference = float(((x.astype(np.float64) - y) ** 2).mean())
+            Regress.grad_sample = 2 * (x[::1000].astype(np.float64) - y[::1000]) / MSE_ELEMENTS
             Regress.body = safetensors.numpy.save({"input": x, "target": y}, metadata={"grad": '["input"]'})
 
     @task
@@ -205,6 +216,8 @@ class Regress(LossdUser):
                 r.failure(f"gradient shape {out['grad.input'].shape}")
             elif not math.isclose(float(out["value"]), self.reference, rel_tol=1e-4):
                 r.failure(f"value {float(out['value'])} differs from the reference {self.reference}")
+            elif not np.allclose(out["grad.input"][::1000], self.grad_sample, rtol=1e-4, atol=1e-12):
+                r.failure("gradient differs from the reference")
 
 
 class Catalogue(LossdUser):
