@@ -79,7 +79,8 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
     max_connections = 0  # 0: no bound
     retry_after_s = 1
     _head_bytes: int  # bytes received since the current request's head began, while it has not ended
-    _in_head: bool
+    _in_head: bool  # between requests, or in one's head: bytes that arrive count towards a head
+    _begun: bool  # a request's head has begun and not ended
     _head_timer: asyncio.TimerHandle | None
 
     @classmethod
@@ -94,6 +95,7 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
         super().connection_made(TurnWriter(transport, self.loop))  # type: ignore[arg-type]
         self._head_bytes = 0
         self._in_head = True
+        self._begun = False
         self._head_timer = None
         if self.max_connections and len(self.connections) > self.max_connections:
             retry = str(self.retry_after_s).encode()
@@ -118,11 +120,16 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
             self._refuse(
                 431, "Request Header Fields Too Large", f"request line and headers over {HEAD_MAX_BYTES} bytes"
             )
-        elif self._head_timer is None:  # a head begun but not ended (a whole one leaves no timer behind)
+        elif self._begun and self._head_timer is None:  # a head begun and not ended
             self._head_timer = self.loop.call_later(self.head_timeout_s, self._head_timed_out)
+
+    def on_message_begin(self) -> None:
+        self._begun = True
+        super().on_message_begin()
 
     def on_headers_complete(self) -> None:
         self._in_head = False
+        self._begun = False
         self._head_bytes = 0
         self._cancel_head_timer()
         super().on_headers_complete()
