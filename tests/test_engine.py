@@ -838,20 +838,28 @@ def test_a_queued_call_is_answered_504_at_its_deadline_not_when_its_worker_gets_
     d = Dispatcher([engine], max_concurrency=8, retry_after_s=1, on_refused=refused.append)
     ran: list[str] = []
 
-    def slow(e: Engine, name: str) -> str:
+    def slow(e: Engine, name: str, payload: object = None) -> str:
         ran.append(name)
         time.sleep(0.6)
         return name
 
     async def scenario() -> tuple[float, str, str]:
+        import gc
+        import weakref
+
         now = time.monotonic()
         first = asyncio.ensure_future(d.submit(slow, "first", deadline=now + 0.1))  # starts at once
         await asyncio.sleep(0.05)
         t0 = time.monotonic()
+        body = torch.zeros(1000)  # stands for the request's tensors
+        held = weakref.ref(body)
         with pytest.raises(Problem) as e:
-            await d.submit(slow, "late", deadline=time.monotonic() + 0.2)
+            await d.submit(slow, "late", body, deadline=time.monotonic() + 0.2)
         waited = time.monotonic() - t0
         assert e.value.status == 504
+        del body, e
+        gc.collect()
+        assert held() is None and not first.done()  # let go with the 504, while the worker is still busy
         after = await d.submit(slow, "after", deadline=time.monotonic() + 5)
         return waited, await first, after
 

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -472,8 +473,18 @@ def _terms(terms: Mapping[str, torch.Tensor] | None) -> dict[str, float] | None:
     return {k: float(v.detach().cpu().item()) for k, v in terms.items()}
 
 
-# A call waiting for the end of a turn of the event loop: fn, its arguments, its deadline, its answer.
-_Queued = tuple[Any, tuple[Any, ...], float, "asyncio.Future[Any]"]
+@dataclass(slots=True, eq=False)
+class _Queued:
+    """A call for a device worker: queued until the end of a turn of the event loop, then on the worker."""
+
+    fn: Any
+    args: tuple[Any, ...]
+    deadline: float
+    done: asyncio.Future[Any]
+    expiry: asyncio.TimerHandle | None = None  # answers 504 at the deadline (Dispatcher._expire)
+    started: bool = False  # set by the worker, under Dispatcher._claim
+
+
 # (ok, the result or the exception, whether the call ran: a call past its deadline did not)
 _Outcome = tuple[bool, Any, bool]
 
@@ -536,8 +547,9 @@ class Dispatcher:
         # Calls for the device workers waiting for the end of this turn of the event loop, per engine;
         # small requests waiting for it (all engines).
         self._queued: dict[Engine, list[_Queued]] = {}
-        # The answers of the calls a worker has started (added there, removed on the loop when done).
-        self._running: set[asyncio.Future[Any]] = set()
+        # Whether a queued call starts (its worker) or is answered 504 (the loop, at its deadline): one or
+        # the other, decided under this lock.
+        self._claim = threading.Lock()
         self._small: list[_Small] = []
 
     def _least_loaded(self) -> Engine:
@@ -585,63 +597,75 @@ class Dispatcher:
         queued and make one trip to the worker's thread (one per thread of the engine) at its
         end; each answer goes back to the loop as soon as it is ready.
         """
+        if time.monotonic() > deadline:
+            raise self._past_deadline()
         engine = self._least_loaded()
         # In flight until the worker is done with the call (:meth:`_finished`), not until this coroutine
         # ends: a cancelled request's call may still be running (Ray cancels on client disconnect), and
         # placement and :meth:`_on_loop` must see it.
         engine.inflight += 1
         loop = asyncio.get_running_loop()
-        done = loop.create_future()
+        item = _Queued(fn, args, deadline, loop.create_future())
+        del args  # the item holds them alone, so that _expire can let go of them (a 504's traceback holds this frame)
         queue = self._queued.setdefault(engine, [])
-        queue.append((fn, args, deadline, done))
+        queue.append(item)
         if len(queue) == 1:
             loop.call_soon(self._run_queued, engine, loop)
         # A call still queued behind others when its deadline passes is answered 504 then, not when its
         # worker reaches it (and skips it).
-        expiry = loop.call_later(max(0.0, deadline - time.monotonic()), self._expire, done)
+        item.expiry = loop.call_later(deadline - time.monotonic(), self._expire, item, loop)
         try:
-            return await done
+            return await item.done
         finally:
-            expiry.cancel()
+            item.expiry.cancel()
+
+    def _past_deadline(self) -> Problem:
+        if self.on_refused is not None:
+            self.on_refused("deadline")
+        return Problem(504, "the call's deadline passed before it ran")
 
     def _finished(self, engine: Engine, done: asyncio.Future[Any], outcome: _Outcome | None) -> None:
         """A worker is done with a call (``outcome`` None: skipped, its request gone or answered 504). The
         engine's ``calls`` counts the calls it ran, as /metrics' lossd_device_calls_total does."""
         engine.inflight -= 1
-        self._running.discard(done)
         if outcome is not None:
             ok, value, ran = outcome
             engine.calls += ran
             _settle(done, (ok, value))
 
-    def _expire(self, done: asyncio.Future[Any]) -> None:
-        if not done.done() and done not in self._running:  # a call that started in time runs to its end
-            if self.on_refused is not None:
-                self.on_refused("deadline")
-            done.set_exception(Problem(504, "the call's deadline passed before it ran"))
+    def _expire(self, item: _Queued, loop: asyncio.AbstractEventLoop) -> None:
+        left = item.deadline - time.monotonic()
+        if left > 0:  # uvloop's timers can fire a millisecond early
+            item.expiry = loop.call_later(left, self._expire, item, loop)
+            return
+        with self._claim:
+            if item.done.done() or item.started:  # a call that started in time runs to its end
+                return
+            # Its slot is given back with the 504: its tensors (views of the request body) go with it,
+            # not when the worker reaches the call and skips it.
+            item.fn, item.args = None, ()
+            item.done.set_exception(self._past_deadline())
 
     def _run_queued(self, engine: Engine, loop: asyncio.AbstractEventLoop) -> None:
         """Hand the calls submitted in the last turn of the event loop to the engine's threads."""
         queued = self._queued.pop(engine)
 
         def on_worker(part: list[_Queued]) -> None:
-            for fn, args, deadline, done in part:
+            for item in part:
                 # Skipped if its request is gone, or was answered 504 at its deadline (:meth:`_expire`).
-                if done.done():
-                    outcome = None
-                else:
-                    self._running.add(done)
-                    outcome = self._outcome(fn, engine, args, deadline)
-                loop.call_soon_threadsafe(self._finished, engine, done, outcome)
+                with self._claim:
+                    item.started = not item.done.done()
+                outcome = self._outcome(item.fn, engine, item.args, item.deadline) if item.started else None
+                loop.call_soon_threadsafe(self._finished, engine, item.done, outcome)
 
         threads = engine.threads
         for part in (queued[i::threads] for i in range(min(threads, len(queued)))):
             try:
                 engine.executor.submit(on_worker, part)
             except RuntimeError:  # the engine has been shut down
-                for *_, done in part:
+                for item in part:
                     shutting_down = Problem(503, "the server is shutting down", headers={"Retry-After": "1"})
-                    self._finished(engine, done, (False, shutting_down, False))
+                    self._finished(engine, item.done, (False, shutting_down, False))
 
     async def small(
         self,
@@ -753,9 +777,7 @@ class Dispatcher:
         """Run one call if its deadline has not passed: (True, result, ran) or (False, the exception: a
         Problem, or a bug that the request's handler reports, ran); ``ran`` is False for a 504."""
         if time.monotonic() > deadline:
-            if self.on_refused is not None:
-                self.on_refused("deadline")
-            return False, Problem(504, "the call's deadline passed before it ran"), False
+            return False, self._past_deadline(), False
         t0 = time.perf_counter()
         try:
             return True, fn(engine, *args), True
