@@ -48,14 +48,9 @@ def free_port_outside_ephemeral(low: int = 20000, high: int = 30000) -> int:
     raise RuntimeError(f"no free port in [{low}, {high})")
 
 
-@contextlib.contextmanager
-def run_server(
-    env: Mapping[str, str] | None = None, args: tuple[str, ...] = (), ready_timeout: float = 120.0
-) -> Iterator[Server]:
-    """Run ``python -m lossd serve`` until the block ends; waits for /readyz to answer 200."""
-    port = free_port()
-    full_env = {**os.environ, "LOSSD_DEVICE": os.environ.get("LOSSD_TEST_DEVICE", "cpu"), **(env or {})}
-    cmd = [
+def serve_command(port: int, *args: str) -> list[str]:
+    """``python -m lossd serve`` on 127.0.0.1:``port``, quiet but for warnings."""
+    return [
         sys.executable,
         "-m",
         "lossd",
@@ -68,6 +63,16 @@ def run_server(
         "warning",
         *args,
     ]
+
+
+@contextlib.contextmanager
+def run_server(
+    env: Mapping[str, str] | None = None, args: tuple[str, ...] = (), ready_timeout: float = 120.0
+) -> Iterator[Server]:
+    """Run ``python -m lossd serve`` until the block ends; waits for /readyz to answer 200."""
+    port = free_port()
+    full_env = {**os.environ, "LOSSD_DEVICE": os.environ.get("LOSSD_TEST_DEVICE", "cpu"), **(env or {})}
+    cmd = serve_command(port, *args)
     proc = subprocess.Popen(cmd, env=full_env)
     url = f"http://127.0.0.1:{port}"
     try:

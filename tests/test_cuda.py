@@ -52,33 +52,11 @@ def test_every_device_engine_answers() -> None:
 def test_gpu_and_cpu_engines_share_calls() -> None:
     """The multi-device engine on a one-GPU machine: a CUDA engine beside a CPU engine, calls placed on the
     least-loaded one, each answer right wherever it ran, and /v1/info and /metrics counting per device."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    from test_multidevice import metric, nt_xent
+    from test_multidevice import check_calls_spread
 
     gen = torch.Generator().manual_seed(5)
     cases = [(torch.randn(1024, 256, generator=gen), torch.randn(1024, 256, generator=gen)) for _ in range(16)]
     with run_server({"LOSSD_DEVICE": "cuda:0,cpu", "LOSSD_TORCH_THREADS": "1"}) as s:
         with httpx.Client(base_url=s.url, timeout=120.0) as client:
             assert [d["device"] for d in client.get("/v1/info").json()["devices"]] == ["cuda:0", "cpu"]
-
-            def call(case: tuple[torch.Tensor, torch.Tensor]) -> float:
-                body = safetensors.torch.save(
-                    {"z1": case[0], "z2": case[1]}, metadata={"params": '{"temperature": 0.5}', "grad": "true"}
-                )
-                r = client.post(
-                    "/v1/losses/info_nce", content=body, headers={"Content-Type": "application/x-safetensors"}
-                )
-                assert r.status_code == 200, r.text
-                return float(safetensors.torch.load(r.content)["value"].item())
-
-            with ThreadPoolExecutor(6) as pool:
-                values = list(pool.map(call, cases))
-            for (z1, z2), v in zip(cases, values):
-                assert v == pytest.approx(nt_xent(z1, z2, 0.5), rel=1e-4)
-            per_device = {d["device"]: d["calls"] for d in client.get("/v1/info").json()["devices"]}
-            assert sum(per_device.values()) == len(cases)
-            assert min(per_device.values()) > 0, f"one engine got no call: {per_device}"
-            text = client.get("/metrics").text
-            for dev, n in per_device.items():
-                assert metric(text, "lossd_device_calls_total", dev) == n
+            check_calls_spread(client, cases, threads=6, rel=1e-4)

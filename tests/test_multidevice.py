@@ -77,6 +77,37 @@ def metric(text: str, name: str, device: str) -> float:
     return float(m.group(1))
 
 
+def check_calls_spread(
+    client: httpx.Client, cases: list[tuple[torch.Tensor, torch.Tensor]], threads: int, rel: float
+) -> None:
+    """Concurrent info_nce calls with gradients: each value right (float64 NT-Xent) wherever it ran, both
+    engines used, and /v1/info and /metrics agreeing per device. Also the CUDA test's (tests/test_cuda.py)."""
+
+    def call(case: tuple[torch.Tensor, torch.Tensor]) -> float:
+        body = safetensors.torch.save(
+            {"z1": case[0], "z2": case[1]}, metadata={"params": '{"temperature": 0.5}', "grad": "true"}
+        )
+        r = client.post("/v1/losses/info_nce", content=body, headers={"Content-Type": "application/x-safetensors"})
+        assert r.status_code == 200, r.text
+        out = safetensors.torch.load(r.content)
+        assert out["grad.z1"].shape == case[0].shape
+        return float(out["value"].item())
+
+    with ThreadPoolExecutor(threads) as pool:
+        values = list(pool.map(call, cases))
+    for (z1, z2), v in zip(cases, values):
+        assert v == pytest.approx(nt_xent(z1, z2, 0.5), rel=rel)
+    per_device = {d["device"]: d["calls"] for d in client.get("/v1/info").json()["devices"]}
+    assert sum(per_device.values()) == len(cases)
+    assert min(per_device.values()) > 0, f"one engine got no call: {per_device}"
+    text = client.get("/metrics").text
+    for dev, n in per_device.items():
+        assert metric(text, "lossd_device_calls_total", dev) == n
+        assert metric(text, "lossd_compute_seconds_count", dev) == n
+        assert metric(text, "lossd_compute_seconds_sum", dev) > 0
+        assert metric(text, "lossd_inflight_calls", dev) == 0
+
+
 def test_calls_spread_over_two_engines_with_per_device_metrics() -> None:
     gen = torch.Generator().manual_seed(3)
     # ~0.1-0.2 s of compute each, so concurrent calls overlap and the second engine gets work.
@@ -86,33 +117,7 @@ def test_calls_spread_over_two_engines_with_per_device_metrics() -> None:
         with httpx.Client(base_url=srv.url, timeout=120.0) as client:
             info = client.get("/v1/info").json()
             assert [d["device"] for d in info["devices"]] == ["cpu:0", "cpu:1"]
-
-            def call(case: tuple[torch.Tensor, torch.Tensor]) -> float:
-                body = safetensors.torch.save(
-                    {"z1": case[0], "z2": case[1]}, metadata={"params": '{"temperature": 0.5}', "grad": "true"}
-                )
-                r = client.post(
-                    "/v1/losses/info_nce", content=body, headers={"Content-Type": "application/x-safetensors"}
-                )
-                assert r.status_code == 200, r.text
-                out = safetensors.torch.load(r.content)
-                assert out["grad.z1"].shape == case[0].shape
-                return out["value"].item()
-
-            with ThreadPoolExecutor(4) as pool:
-                values = list(pool.map(call, cases))
-            for (z1, z2), v in zip(cases, values):
-                assert v == pytest.approx(nt_xent(z1, z2, 0.5), rel=1e-5)
-
-            per_device = {d["device"]: d["calls"] for d in client.get("/v1/info").json()["devices"]}
-            assert sum(per_device.values()) == len(cases)
-            assert min(per_device.values()) > 0, f"one engine got no call: {per_device}"
-            text = client.get("/metrics").text
-            for dev, n in per_device.items():
-                assert metric(text, "lossd_device_calls_total", dev) == n
-                assert metric(text, "lossd_compute_seconds_count", dev) == n
-                assert metric(text, "lossd_compute_seconds_sum", dev) > 0
-                assert metric(text, "lossd_inflight_calls", dev) == 0
+            check_calls_spread(client, cases, threads=4, rel=1e-5)
 
 
 def test_auto_on_a_machine_without_cuda_says_it_computes_on_the_cpu(

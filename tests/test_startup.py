@@ -13,7 +13,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -22,7 +21,7 @@ from typing import Any
 
 import httpx
 import pytest
-from serverutil import free_port
+from serverutil import free_port, serve_command
 from starlette.types import ASGIApp
 
 from lossd.app import create_app, served
@@ -162,21 +161,7 @@ def test_sigterm_during_start_up_ends_the_process() -> None:
     """lossd handles SIGTERM from the start of main(), before uvicorn's handlers exist: as PID 1 in a
     container a signal without a handler would be dropped and `docker stop` would wait for SIGKILL."""
     env = {**os.environ, "LOSSD_WARMUP": "false", "LOSSD_DEVICE": "cpu"}
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "lossd",
-            "serve",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(free_port()),
-            "--log-level",
-            "warning",
-        ],
-        env=env,
-    )
+    proc = subprocess.Popen(serve_command(free_port()), env=env)
     try:
         status = Path(f"/proc/{proc.pid}/status")
         deadline = time.monotonic() + 30
