@@ -651,22 +651,42 @@ def test_small_calls_of_one_turn_spread_over_cpu_engines() -> None:
         e.shutdown()
 
 
+class Blocker:
+    """A worker call that holds its worker until released, and tells when it has started."""
+
+    def __init__(self) -> None:
+        self.started = threading.Event()
+        self.release = threading.Event()
+
+    def __call__(self, e: Engine) -> str:
+        self.started.set()
+        self.release.wait(10)
+        return "slow"
+
+    async def running(self) -> None:
+        while not self.started.is_set():
+            await asyncio.sleep(0.01)
+
+
+def posing_as_gpus(n: int) -> list[Engine]:
+    """CPU engines relabelled cuda:0, cuda:1, ...: the dispatcher's rules read only the device type."""
+    engines = [Engine(CAT, torch.device("cpu"), Settings(warmup=False)) for _ in range(n)]
+    for i, e in enumerate(engines):
+        e.device = torch.device("cuda", i)
+    return engines
+
+
 def test_light_calls_on_a_gpu_engine_run_on_the_loop_only_while_its_worker_is_idle() -> None:
     """A GPU engine (its device relabelled: the rule reads only the device type) takes a light call on the
     event loop when nothing of it is on its worker, as the CPU does; with a call on the worker, light calls
     go to the worker behind it, so that the loop never waits for another call's kernels."""
-    engine = Engine(CAT, torch.device("cpu"), Settings(warmup=False))
-    engine.device = torch.device("cuda", 0)
+    (engine,) = posing_as_gpus(1)
     d = Dispatcher([engine], max_concurrency=64, retry_after_s=1)
     loop_thread = threading.get_ident()
-    release = threading.Event()
+    slow = Blocker()
 
     def where(e: Engine, w: int) -> tuple[int, bool]:
         return w, threading.get_ident() == loop_thread
-
-    def slow(e: Engine) -> str:
-        release.wait(10)
-        return "slow"
 
     async def scenario() -> tuple[list[tuple[int, bool]], list[tuple[int, bool]]]:
         deadline = time.monotonic() + 10
@@ -679,7 +699,7 @@ def test_light_calls_on_a_gpu_engine_run_on_the_loop_only_while_its_worker_is_id
         pending = asyncio.gather(*light)
         await asyncio.sleep(0.05)
         assert not pending.done()  # queued behind the worker's call, not run on the loop
-        release.set()
+        slow.release.set()
         busy = await pending
         assert await worker == "slow"
         return idle, busy
@@ -695,16 +715,10 @@ def test_a_cancelled_call_counts_in_flight_until_its_worker_is_done() -> None:
     """Ray cancels a request whose client went away, but its call may already be running on the worker: the
     engine counts it in flight until the worker is done, so a light call on a GPU engine does not start on the
     loop beside it, and placement sees the busy engine."""
-    engine = Engine(CAT, torch.device("cpu"), Settings(warmup=False))
-    engine.device = torch.device("cuda", 0)
+    (engine,) = posing_as_gpus(1)
     d = Dispatcher([engine], max_concurrency=64, retry_after_s=1)
     loop_thread = threading.get_ident()
-    started, release = threading.Event(), threading.Event()
-
-    def slow(e: Engine) -> str:
-        started.set()
-        release.wait(10)
-        return "slow"
+    slow = Blocker()
 
     def where(e: Engine, w: int) -> bool:
         return threading.get_ident() == loop_thread
@@ -712,15 +726,14 @@ def test_a_cancelled_call_counts_in_flight_until_its_worker_is_done() -> None:
     async def scenario() -> bool:
         deadline = time.monotonic() + 10
         worker = asyncio.ensure_future(d.submit(slow, deadline=deadline))
-        while not started.is_set():
-            await asyncio.sleep(0.01)
+        await slow.running()
         worker.cancel()
         await asyncio.sleep(0.05)
         assert engine.inflight == 1 and engine.calls == 0  # still running there
         light = asyncio.ensure_future(d.small(lambda: (0, None), lambda w: True, where, lambda r, c: r, deadline))
         await asyncio.sleep(0.05)
         assert not light.done()  # behind the cancelled call's work, on the worker
-        release.set()
+        slow.release.set()
         on_loop = await light
         assert engine.inflight == 0 and engine.calls == 2
         return on_loop
@@ -732,17 +745,10 @@ def test_a_cancelled_call_counts_in_flight_until_its_worker_is_done() -> None:
 def test_light_calls_go_to_a_gpu_engine_free_for_the_loop_rather_than_a_busy_one() -> None:
     """Two GPU engines, the first busy on its worker: the light calls of a turn all run on the loop on the
     second, rather than paying a hand-off or queueing behind the first one's call."""
-    engines = [Engine(CAT, torch.device("cpu"), Settings(warmup=False)) for _ in range(2)]
-    for i, e in enumerate(engines):
-        e.device = torch.device("cuda", i)
+    engines = posing_as_gpus(2)
     d = Dispatcher(engines, max_concurrency=64, retry_after_s=1)
     loop_thread = threading.get_ident()
-    started, release = threading.Event(), threading.Event()
-
-    def slow(e: Engine) -> str:
-        started.set()
-        release.wait(10)
-        return "slow"
+    slow = Blocker()
 
     def where(e: Engine, w: int) -> tuple[str, bool]:
         return str(e.device), threading.get_ident() == loop_thread
@@ -750,11 +756,10 @@ def test_light_calls_go_to_a_gpu_engine_free_for_the_loop_rather_than_a_busy_one
     async def scenario() -> list[tuple[str, bool]]:
         deadline = time.monotonic() + 10
         worker = asyncio.ensure_future(d.submit(slow, deadline=deadline))
-        while not started.is_set():
-            await asyncio.sleep(0.01)
+        await slow.running()
         light = [d.small(lambda i=i: (i, None), lambda w: True, where, lambda r, c: r, deadline) for i in range(3)]
         out = await asyncio.gather(*light)
-        release.set()
+        slow.release.set()
         assert await worker == "slow"
         return out
 
