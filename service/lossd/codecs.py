@@ -516,7 +516,9 @@ def _json_array(t: torch.Tensor) -> tuple[str, Any]:
         # The finite numbers as a finite array prints them (the shortest decimal of their own dtype,
         # not of the double they widen to); orjson leaves null where the strings go.
         printed = orjson.loads(orjson.dumps(arr, option=orjson.OPT_SERIALIZE_NUMPY))
-        return name, [v if v is not None else float_out(x) for v, x in zip(printed, arr.tolist())]
+        for i in np.flatnonzero(~np.isfinite(arr)).tolist():
+            printed[i] = float_out(float(arr[i]))
+        return name, printed
     return name, arr
 
 

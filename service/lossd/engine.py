@@ -555,13 +555,9 @@ class Dispatcher:
     def _least_loaded(self) -> Engine:
         return min(self.engines, key=lambda e: e.inflight)
 
-    def busy(self, who: str = "", limit: int = 0) -> Problem:
-        """503 with Retry-After: the server's calls in flight at their bound, or ``who``'s at ``limit``."""
-        held = (
-            f"{who} calls in flight (limit {limit})"
-            if who
-            else f"{self.admitted} calls in flight (limit {self.max_concurrency})"
-        )
+    def busy(self, held: str | None = None) -> Problem:
+        """503 with Retry-After: the server's calls in flight are at their bound, or what ``held`` says is."""
+        held = held or f"{self.admitted} calls in flight (limit {self.max_concurrency})"
         return Problem(503, f"server busy: {held}; retry later", headers={"Retry-After": str(self.retry_after_s)})
 
     def slot(self, nbytes: int = 0, client: str | None = None) -> Slot:
@@ -801,11 +797,12 @@ class Slot:
         d = self.dispatcher
         if d.admitted >= d.max_concurrency:
             raise d._refuse("busy", d.busy())
-        held = d.per_client.get(self.client, 0) if self.client is not None else 0
-        if self.client is not None and held >= d.max_per_client:
-            raise d._refuse(
-                "client", d.busy(f"this client (API key, or address without keys) has {held}", d.max_per_client)
-            )
+        held = 0
+        if self.client is not None:
+            held = d.per_client.get(self.client, 0)
+            if held >= d.max_per_client:
+                who = f"this client (API key, or address without keys) has {held} calls in flight"
+                raise d._refuse("client", d.busy(f"{who} (limit {d.max_per_client})"))
         if self.nbytes and (p := d._refuse_over_budget(self.nbytes)) is not None:
             raise p
         d.admitted += 1

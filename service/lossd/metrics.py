@@ -65,17 +65,17 @@ class Metrics:
         if status >= 400:
             self.errors.labels(str(status)).inc()
 
-    def add_device(self, device: str) -> None:
-        """A device's series from start-up, at 0 until it runs a call: every engine shows on a dashboard."""
-        if device not in self._device_children:
-            self._device_children[device] = (self.compute.labels(device), self.device_calls.labels(device))
-        self.inflight.labels(device).set(0)
-
-    def observe_compute(self, device: str, seconds: float) -> None:
+    def add_device(self, device: str) -> tuple[Any, Any]:
+        """A device's series (compute seconds, calls), made at 0 at start-up so that every engine shows on a
+        dashboard before its first call."""
         children = self._device_children.get(device)
         if children is None:
-            children = (self.compute.labels(device), self.device_calls.labels(device))
-            self._device_children[device] = children
+            children = self._device_children[device] = (self.compute.labels(device), self.device_calls.labels(device))
+            self.inflight.labels(device).set(0)
+        return children
+
+    def observe_compute(self, device: str, seconds: float) -> None:
+        children = self._device_children.get(device) or self.add_device(device)
         children[0].observe(seconds)
         children[1].inc()
 

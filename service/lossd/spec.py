@@ -29,21 +29,10 @@ KIND_DTYPES: dict[str, tuple[str, ...]] = {
     "float": ("float16", "bfloat16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8", "bool"),
     "index": ("int8", "int16", "int32", "int64", "uint8"),
     "float_or_index": ("float16", "bfloat16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8"),
-    "onehot_or_index": (
-        "float16",
-        "bfloat16",
-        "float32",
-        "float64",
-        "int8",
-        "int16",
-        "int32",
-        "int64",
-        "uint8",
-        "bool",
-    ),
     "mask": ("bool", "uint8", "int8", "int16", "int32", "int64", "float16", "bfloat16", "float32", "float64"),
     "text": ("list[str]", "int8", "int16", "int32", "int64", "uint8"),
 }
+KIND_DTYPES["onehot_or_index"] = (*KIND_DTYPES["float_or_index"], "bool")
 
 Reduction = Literal["mean", "sum", "none"]
 InputValue = Union[torch.Tensor, list[str]]

@@ -17,6 +17,8 @@ from typing import Any
 import orjson
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from lossd.errors import Problem
+
 # Joining copies; past this a list of buffers goes out as it is (writelines).
 JOIN_MAX_BYTES = 64 * 1024
 # A request line and headers past this size are a 431 (nginx allows 32 KiB, Node 16 KiB). Without a
@@ -98,9 +100,8 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
         self._begun = False
         self._head_timer = None
         if self.max_connections and len(self.connections) > self.max_connections:
-            retry = str(self.retry_after_s).encode()
             detail = f"server busy: {self.max_connections} connections open (LOSSD_MAX_CONNECTIONS); retry later"
-            self._refuse(503, "Service Unavailable", detail, [b"retry-after: " + retry + b"\r\n"])
+            self._refuse(Problem(503, detail, headers={"Retry-After": str(self.retry_after_s)}))
             return
         self._head_timer = self.loop.call_later(self.head_timeout_s, self._head_timed_out)
 
@@ -117,9 +118,7 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
             return
         if self._head_bytes > HEAD_MAX_BYTES:
             self._cancel_head_timer()
-            self._refuse(
-                431, "Request Header Fields Too Large", f"request line and headers over {HEAD_MAX_BYTES} bytes"
-            )
+            self._refuse(Problem(431, f"request line and headers over {HEAD_MAX_BYTES} bytes"))
         elif self._begun and self._head_timer is None:  # a head begun and not ended
             self._head_timer = self.loop.call_later(self.head_timeout_s, self._head_timed_out)
 
@@ -150,27 +149,24 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
         if self.cycle is not None and not self.cycle.response_complete:  # the client awaits an answer
             self._head_timer = self.loop.call_later(self.head_timeout_s, self._head_timed_out)
         elif self._head_bytes:
-            self._refuse(
-                408, "Request Timeout", f"the request's headers did not arrive within {self.head_timeout_s:g} s"
-            )
+            self._refuse(Problem(408, f"the request's headers did not arrive within {self.head_timeout_s:g} s"))
         else:
             self.transport.close()
 
     def send_400_response(self, msg: str) -> None:
         """A request that is not HTTP (bad framing, a Content-Length that is not a number): the
         400 every other error is, application/problem+json with a request id, then close."""
-        self._refuse(400, "Bad Request", msg)
+        self._refuse(Problem(400, msg))
 
-    def _refuse(self, status: int, title: str, detail: str, extra: list[bytes] | None = None) -> None:
-        """An answer from the HTTP layer itself, as application/problem+json with a request id, then close."""
-        problem: dict[str, object] = {"type": "about:blank", "title": title, "status": status, "detail": detail}
-        if status == 503:
-            problem["retry_after"] = self.retry_after_s
-        body = orjson.dumps(problem)
-        head = [b"HTTP/1.1 %d %s\r\n" % (status, title.encode())]
+    def _refuse(self, p: Problem) -> None:
+        """An answer from the HTTP layer itself (no app behind it yet), as every other error is:
+        application/problem+json with its headers and a request id; then close."""
+        body = orjson.dumps(p.body())
+        head = [b"HTTP/1.1 %d %s\r\n" % (p.status, p.title.encode())]
         for name, value in self.server_state.default_headers:
             head += [name, b": ", value, b"\r\n"]
-        head += extra or []
+        for key, text in p.headers.items():  # Retry-After
+            head += [key.lower().encode("latin-1"), b": ", text.encode("latin-1"), b"\r\n"]
         head += [
             b"content-type: application/problem+json\r\n",
             b"content-length: %d\r\n" % len(body),
