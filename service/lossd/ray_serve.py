@@ -113,8 +113,7 @@ class LossdReplica:
         while True:
             try:
                 if ray.get(flag.poll.remote(replica, svc.dispatcher.admitted, svc.draining)) and not svc.draining:
-                    svc.draining = True  # /readyz and new calls: 503 with Retry-After
-                    svc.metrics.ready.set(0)
+                    svc.drain()
             except ray.exceptions.RayError:  # the driver, and its flag, are gone
                 return
             time.sleep(POLL_S)

@@ -120,6 +120,11 @@ class Service:
         self.ready = True
         self.metrics.ready.set(1)
 
+    def drain(self) -> None:
+        """Take no new work: /readyz and new calls answer 503 with Retry-After; calls admitted go on."""
+        self.draining = True
+        self.metrics.ready.set(0)
+
     def close(self) -> None:
         self.ready = False
         self.metrics.ready.set(0)

@@ -34,8 +34,7 @@ class GracefulServer(uvicorn.Server):
         if self.drain_deadline is None:
             # Not recorded in _captured_signals: uvicorn would re-raise it after shutdown.
             self.drain_deadline = time.monotonic() + self.grace_s
-            self.service.draining = True
-            self.service.metrics.ready.set(0)
+            self.service.drain()
             log.info("%s: draining %d request(s), grace %.0fs", signal.Signals(sig).name, self.inflight, self.grace_s)
         else:
             log.warning("second %s: stopping now", signal.Signals(sig).name)
